@@ -1,0 +1,123 @@
+r"""Every config field, documented. Method configs start from this one.
+
+Run a config with
+
+    python main.py --config=configs/pgd_at.py --workdir=runs/pgd_at
+    python main.py --config=configs/pgd_at.py:quick --config.batch_size=64
+
+Any field can be overridden with `--config.<a>.<b>=<value>`; configs hold
+only primitives, so the resolved config is saved as JSON in the workdir.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  """The defaults: PGD-AT of a CIFAR-10 ResNet-18."""
+  del arg
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Comma-separated stages to run, in order (jard.validation.STAGES).
+  config.stages = 'train,eval'
+  # 'pmap' (default) or 'shard_map': how the per-device step is mapped.
+  config.parallel = 'pmap'
+  config.progress_bar = True
+
+  config.dataset = ml_collections.ConfigDict()
+  # Sources: tfds:cifar10, tfds:cifar100, npz:<path>, folder:<root>.
+  config.dataset.train = 'tfds:cifar10'
+  config.dataset.test = 'tfds:cifar10'
+  config.dataset.num_classes = 10
+  config.dataset.image_size = 32
+  # Pad-4 random crop + horizontal flip, on device.
+  config.dataset.augment = True
+  # Use only the first N training examples (-1: all).
+  config.dataset.train_examples = -1
+  # Hold out N training examples (seeded) for checkpoint selection; 0 selects
+  # on the test set, as the baselines' released code does.
+  config.dataset.holdout = 0
+
+  config.model = ml_collections.ConfigDict()
+  # A key of jard.models.MODELS; other fields here are constructor kwargs.
+  config.model.name = 'resnet18'
+
+  config.method = ml_collections.ConfigDict()
+  # A key of jard.methods.METHODS; other fields are its hyperparameters.
+  config.method.name = 'pgd_at'
+
+  config.attack = ml_collections.ConfigDict()
+  # The training attack (inner maximisation) of the method.
+  config.attack.train = ml_collections.ConfigDict()
+  config.attack.train.eps = 8 / 255
+  config.attack.train.step_size = 2 / 255
+  config.attack.train.steps = 10
+  # 'U' uniform in the ball, 'N' x + 0.001 N(0, I), 'none'.
+  config.attack.train.init = 'U'
+  config.attack.train.norm = 'linf'
+
+  config.optimizer = ml_collections.ConfigDict()
+  # SGD with momentum and coupled (PyTorch) weight decay.
+  config.optimizer.lr = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.weight_decay = 5e-4
+
+  config.schedule = ml_collections.ConfigDict()
+  # 'piecewise' (epoch boundaries x factor), 'cosine' or 'constant'.
+  config.schedule.name = 'piecewise'
+  config.schedule.boundaries = (100, 150)
+  config.schedule.factor = 0.1
+
+  # Global batch size (split over all devices and processes).
+  config.batch_size = 128
+  config.num_epochs = 200
+  # If > 0, overrides num_epochs.
+  config.num_train_steps = -1
+  config.log_every_steps = 50
+  # Checkpoints are also saved at every epoch end.
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 2
+
+  config.select = ml_collections.ConfigDict()
+  # Attack whose accuracy picks the best checkpoint ('' disables selection).
+  config.select.metric = 'pgd20_sat'
+  config.select.every_epochs = 1
+  config.select.num_examples = 1000
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 256
+  config.eval.epsilon = 8 / 255
+  # Comma-separated names of jard.evaluate.ATTACKS.
+  config.eval.attacks = 'clean,fgsm,pgd20_sat,pgd20_trades,cw_inf'
+  # -1: every test example.
+  config.eval.num_examples = -1
+  # Which checkpoints to evaluate: 'last', 'best' or both.
+  config.eval.checkpoints = 'last,best'
+  config.eval.seed = 0
+  return config
+
+
+def parse_arg(arg):
+  """`'quick,foo=1'` -> {'quick': True, 'foo': '1'} (big_vision style)."""
+  out = {}
+  for part in (arg or '').split(','):
+    if part:
+      key, sep, value = part.partition('=')
+      out[key] = value if sep else True
+  return out
+
+
+def quick(config):
+  """Shrinks a config to a tiny CPU run (used by the tests)."""
+  config.model.name = 'resnet20'
+  config.batch_size = 32
+  config.num_epochs = 1
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.attack.train.steps = 2
+  config.select.num_examples = 32
+  config.eval.batch_size = 32
+  config.eval.num_examples = 64
+  config.progress_bar = False
+  return config

@@ -1,0 +1,9 @@
+"""Pure adversarial attacks (see `jard.attacks.pgd` for the contract)."""
+
+from jard.attacks.pgd import cw_inf
+from jard.attacks.pgd import fgsm
+from jard.attacks.pgd import INITS
+from jard.attacks.pgd import NORMS
+from jard.attacks.pgd import pgd
+from jard.attacks.pgd import project
+from jard.attacks.pgd import random_start

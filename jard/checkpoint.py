@@ -1,0 +1,103 @@
+"""Orbax checkpointing: latest-N for resuming, and the best by a metric.
+
+One `Checkpoints` object per training stage, under `<stage_dir>/checkpoints`
+(the latest `keep` saves) and `<stage_dir>/best` (the single best save by
+`metric`). Everything that determines the rest of a run is in the saved
+`TrainState`: the step (hence the epoch, the data position and every PRNG
+key, which are derived from it), the parameters, BatchNorm statistics, the
+optimizer state and the method state. Saves are asynchronous and atomic
+(Orbax writes to a temporary directory and renames), so a run killed during a
+save resumes from the previous complete checkpoint.
+"""
+
+import os
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+def _abstract(tree: PyTree) -> PyTree:
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpoints:
+  """Latest-N and best-by-metric checkpoint managers of one stage."""
+
+  def __init__(self, directory: str, *, keep: int = 2,
+               metric: Optional[str] = None, mode: str = 'max',
+               async_save: bool = True):
+    directory = os.path.abspath(directory)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(directory, 'checkpoints'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save,
+            create=True))
+    self.metric = metric
+    self.best = None
+    if metric:
+      self.best = ocp.CheckpointManager(
+          os.path.join(directory, 'best'),
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=1, best_fn=lambda m: m[metric], best_mode=mode,
+              keep_checkpoints_without_metrics=False,
+              enable_async_checkpointing=async_save, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self.latest.latest_step()
+
+  def save(self, step: int, state: PyTree,
+           metrics: Optional[dict] = None) -> None:
+    """Saves `state` at `step`; also offers it to the best manager."""
+    if self.latest.latest_step() != step:
+      self.latest.save(step, args=ocp.args.StandardSave(state))
+    if self.best is not None and metrics and self.metric in metrics:
+      if step not in self.best.all_steps():
+        self.best.save(step, args=ocp.args.StandardSave(state),
+                       metrics={k: float(v) for k, v in metrics.items()})
+
+  def restore_latest(self, target: PyTree) -> Optional[PyTree]:
+    """The latest state restored onto `target`'s structure, or None."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    logging.info('Restoring checkpoint of step %d from %s.', step,
+                 self.latest.directory)
+    return self.latest.restore(
+        step, args=ocp.args.StandardRestore(_abstract(target)))
+
+  def restore_best(self, target: PyTree) -> Optional[tuple[int, PyTree]]:
+    """`(step, state)` of the best save, or None when there is none."""
+    if self.best is None:
+      return None
+    self.best.wait_until_finished()
+    step = self.best.best_step()
+    if step is None:
+      return None
+    return step, self.best.restore(
+        step, args=ocp.args.StandardRestore(_abstract(target)))
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    if self.best is not None:
+      self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    if self.best is not None:
+      self.best.close()
+
+
+def load_latest(directory: str, target: PyTree) -> PyTree:
+  """Restores a stage's latest saved state read-only (e.g. a teacher)."""
+  ckpt = Checkpoints(directory)
+  try:
+    state = ckpt.restore_latest(target)
+  finally:
+    ckpt.close()
+  if state is None:
+    raise FileNotFoundError(f'no checkpoint under {directory!r}.')
+  return state

@@ -1,0 +1,12 @@
+"""Data: sources (tfds, npz, folder), host batching, on-device augmentation."""
+
+from jard.data.augment import augment
+from jard.data.augment import to_float
+from jard.data.pipeline import epoch_permutation
+from jard.data.pipeline import eval_batches
+from jard.data.pipeline import steps_per_epoch
+from jard.data.pipeline import train_batches
+from jard.data.sources import DataError
+from jard.data.sources import ImageDataset
+from jard.data.sources import load
+from jard.data.sources import validate

@@ -1,0 +1,21 @@
+"""Method registry: name -> `Method` (see `jard.methods.base`)."""
+
+from jard.methods import standard
+from jard.methods.base import AttackSpec
+from jard.methods.base import Context
+from jard.methods.base import Method
+from jard.methods.base import Teacher
+
+METHODS = {
+    'natural': standard.NATURAL,
+    'pgd_at': standard.PGD_AT,
+    'trades': standard.TRADES,
+    'mart': standard.MART,
+}
+
+
+def get_method(name: str) -> Method:
+  if name not in METHODS:
+    raise ValueError(f'config.method.name={name!r} is not a registered method;'
+                     f' choose one of {sorted(METHODS)}.')
+  return METHODS[name]

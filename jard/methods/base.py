@@ -1,0 +1,139 @@
+"""The `Method` contract and the context a method's loss receives.
+
+A method is data, not a training loop: its outer loss
+`loss(params, batch, keys, ctx) -> (scalar, aux)` and, optionally, a method
+state with its own init and update. The generic step in `jard.train` does the
+gradient, the cross-device mean, the optimizer update, BatchNorm statistics
+and metrics for every method.
+
+`aux` is a dict with
+  * `batch_stats`: the student's BatchNorm statistics after the method's
+    train-mode forward passes (in the order the reference code runs them);
+  * `metrics`: dict of scalar metrics (means over the local batch; the step
+    averages them over devices).
+
+`keys` are per-example PRNG keys `[B]`, derived from the step and the
+example's position in the global batch, so an attack's random start is the
+same on 1 or 8 devices.
+"""
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jard import attacks
+from jard.models import Outputs
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+  """A PGD-family attack configuration (primitives only)."""
+  eps: float = 8 / 255
+  step_size: float = 2 / 255
+  steps: int = 10
+  init: str = 'U'
+  norm: str = 'linf'
+
+  def pgd(self, loss_fn, x, keys, bounds=(0.0, 1.0)):
+    return attacks.pgd(loss_fn, x, keys, eps=self.eps,
+                       step_size=self.step_size, steps=self.steps,
+                       norm=self.norm, init=self.init, bounds=bounds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A frozen teacher: model, variables (params and batch_stats)."""
+  model: nn.Module
+  variables: PyTree
+
+  def __call__(self, x: jax.Array) -> Outputs:
+    """Eval-mode forward with gradients stopped at the parameters."""
+    variables = jax.lax.stop_gradient(self.variables)
+    return self.model.apply(variables, x, train=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Everything a method's loss may read. Created inside the compiled step.
+
+  Attributes:
+    model: the student module (BatchNorm synchronised over `axis_name`).
+    batch_stats: the student's BatchNorm statistics before this step.
+    hp: the method's hyperparameters (`config.method` without `name`).
+    attack: the training attack (`config.attack.train`).
+    step: the global step (traced int).
+    epoch: `step // steps_per_epoch` (traced int).
+    state: the method state (a pytree, `{}` when the method has none).
+    teachers: name -> `Teacher`.
+    num_classes: K.
+    axis_name: the mapped device axis.
+  """
+  model: nn.Module
+  batch_stats: PyTree
+  hp: Mapping[str, Any]
+  attack: AttackSpec
+  step: jax.Array
+  epoch: jax.Array
+  state: PyTree = dataclasses.field(default_factory=dict)
+  teachers: Mapping[str, Teacher] = dataclasses.field(default_factory=dict)
+  num_classes: int = 10
+  axis_name: Optional[str] = None
+
+  def apply(self, params, x, *, train: bool,
+            batch_stats: Optional[PyTree] = None):
+    """Runs the student; returns `(Outputs, batch_stats_after)`.
+
+    In train mode BatchNorm uses (and updates) batch statistics starting from
+    `batch_stats` (default: the step's initial statistics); in eval mode it
+    uses the running averages and returns them unchanged.
+    """
+    batch_stats = self.batch_stats if batch_stats is None else batch_stats
+    variables = {'params': params, 'batch_stats': batch_stats}
+    if not train:
+      return self.model.apply(variables, x, train=False), batch_stats
+    outputs, updates = self.model.apply(variables, x, train=True,
+                                        mutable=['batch_stats'])
+    return outputs, updates['batch_stats']
+
+  def logits_fn(self, params, *, train: bool = False):
+    """`x -> logits` with stopped parameters, for attacks' inner loops."""
+    params = jax.lax.stop_gradient(params)
+    return lambda x: self.apply(params, x, train=train)[0].logits
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A training method.
+
+  Attributes:
+    name: registry name.
+    loss: `(params, batch, keys, ctx) -> (loss, aux)`; `batch` has float
+      `image [B, H, W, C]` in [0, 1] (augmented) and int `label [B]`.
+    teachers: names of the teachers it needs (none for the AT baselines).
+    init_state: `(hp, num_classes) -> pytree` initial method state.
+    update_state: `(state, metrics, ctx) -> state`, run after the gradient
+      step with metrics already averaged over devices.
+    doc: one line for `--help`-style listings.
+  """
+  name: str
+  loss: Callable[..., tuple[jax.Array, dict]]
+  teachers: tuple[str, ...] = ()
+  init_state: Optional[Callable[..., PyTree]] = None
+  update_state: Optional[Callable[..., PyTree]] = None
+  doc: str = ''
+
+
+def split_keys(keys: jax.Array, num: int) -> tuple[jax.Array, ...]:
+  """Splits `[B]` per-example keys into `num` independent `[B]` key arrays."""
+  return tuple(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
+               for i in range(num))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean top-1 accuracy over the batch."""
+  return jnp.mean(jnp.argmax(logits, -1) == labels)

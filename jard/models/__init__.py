@@ -1,0 +1,36 @@
+"""Model registry: name -> constructor(num_classes, **kwargs) -> nn.Module.
+
+Every model maps raw [0, 1] NHWC images to an `Outputs` struct via
+`model.apply(variables, x, train=...)`.
+"""
+
+from jard.models import mobilenet_v2
+from jard.models import preact_resnet
+from jard.models import resnet
+from jard.models import wide_resnet
+from jard.models.outputs import Outputs
+
+MODELS = {
+    'resnet18': resnet.resnet18,
+    'resnet34': resnet.resnet34,
+    'resnet20': resnet.cifar_resnet(20),
+    'resnet32': resnet.cifar_resnet(32),
+    'resnet44': resnet.cifar_resnet(44),
+    'resnet56': resnet.cifar_resnet(56),
+    'preact_resnet18': preact_resnet.preact_resnet18,
+    'mobilenet_v2': mobilenet_v2.mobilenet_v2,
+    'wrn34_10': wide_resnet.wrn34_10,
+    'wrn28_10': wide_resnet.wrn28_10,
+    'wrn22_6': wide_resnet.wrn22_6,
+    'wrn70_16': wide_resnet.wrn70_16,
+    'wrn70_16_dm': wide_resnet.wrn70_16_dm,
+}
+
+
+def create_model(name: str, num_classes: int, **kwargs):
+  """Builds registry model `name`; raises ValueError naming `model.name`."""
+  if name not in MODELS:
+    raise ValueError(
+        f'config.model.name={name!r} is not a registered model; choose one '
+        f'of {sorted(MODELS)}.')
+  return MODELS[name](num_classes=num_classes, **kwargs)

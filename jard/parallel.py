@@ -1,0 +1,100 @@
+"""Run one per-device SPMD function under `jax.pmap` or `jax.shard_map`.
+
+Steps are written once, per device, against the mapped axis `AXIS`:
+`lax.pmean` for gradients and metrics, BatchNorm with `axis_name=AXIS`, and
+`lax.axis_index(AXIS)` to locate the device's rows in the global batch.
+`compile_spmd` runs such a function
+
+* `'pmap'` (default): `jax.pmap` with replicated arguments unmapped
+  (`in_axes=None`) and the batch mapped over leading device dimension, the
+  layout the Flax ImageNet example uses;
+* `'shard_map'`: `jax.jit(jax.shard_map(...))` on a 1-D mesh over all devices,
+  with replicated arguments as `P()` and the batch as `P(AXIS)`.
+
+Both give the same numbers. Batches cross from host memory with
+`shard_batch`, and per-example outputs come back with `to_host`.
+"""
+
+from typing import Callable, Sequence
+
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+AXIS = 'batch'
+MODES = ('pmap', 'shard_map')
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process, axis `AXIS`."""
+  return jax.sharding.Mesh(np.asarray(jax.devices()), (AXIS,))
+
+
+def check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f'config.parallel={mode!r}; choose one of {MODES}.')
+
+
+def compile_spmd(fn: Callable, *, mode: str, sharded_in: Sequence[bool],
+                 sharded_out, donate_argnums: tuple[int, ...] = ()):
+  """Compiles per-device `fn` for all devices.
+
+  Args:
+    fn: per-device function of positional arguments.
+    mode: `'pmap'` or `'shard_map'`.
+    sharded_in: per positional argument, True when it is split over devices
+      along its leading axis (batches), False when replicated (state, keys).
+    sharded_out: a pytree prefix of the outputs with the same meaning.
+    donate_argnums: arguments whose buffers the caller gives up.
+
+  Returns:
+    The compiled callable. Under `'pmap'` sharded arguments are
+    `[devices, per_device, ...]`; under `'shard_map'` they are global
+    `[batch, ...]` arrays (see `shard_batch`).
+  """
+  check_mode(mode)
+  if mode == 'pmap':
+    in_axes = tuple(0 if s else None for s in sharded_in)
+    out_axes = jax.tree.map(lambda s: 0 if s else None, sharded_out)
+    return jax.pmap(fn, axis_name=AXIS, in_axes=in_axes, out_axes=out_axes,
+                    donate_argnums=donate_argnums)
+  mesh = make_mesh()
+  in_specs = tuple(P(AXIS) if s else P() for s in sharded_in)
+  out_specs = jax.tree.map(lambda s: P(AXIS) if s else P(), sharded_out)
+  mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
+                         out_specs=out_specs)
+  return jax.jit(mapped, donate_argnums=donate_argnums)
+
+
+def shard_batch(batch: dict, mode: str) -> dict:
+  """Moves this process's slice of a global batch onto its devices."""
+  if mode == 'pmap':
+    n = jax.local_device_count()
+    def split(x):
+      if x.shape[0] % n:
+        raise ValueError(f'a batch of {x.shape[0]} rows per process does not '
+                         f'split over {n} local devices; make config.'
+                         'batch_size divisible by the device count.')
+      return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+    return jax.tree.map(split, batch)
+  sharding = NamedSharding(make_mesh(), P(AXIS))
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def to_host(x, mode: str) -> np.ndarray:
+  """A sharded per-example output as one `[global_batch, ...]` numpy array."""
+  if jax.process_count() > 1:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  x = np.asarray(x)
+  if mode == 'pmap':
+    x = x.reshape((-1,) + x.shape[2:])
+  return x
+
+
+def replicate(tree):
+  """Places a host pytree on every device (the layout steps return)."""
+  sharding = NamedSharding(make_mesh(), P())
+  return jax.device_put(tree, sharding)

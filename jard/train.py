@@ -1,0 +1,277 @@
+"""The training state, the one generic SPMD train step, and the loop.
+
+Every method trains through `make_train_step`: it derives per-example keys,
+augments on device, calls the method's loss under `value_and_grad`, averages
+gradients, metrics and BatchNorm statistics over devices, applies the
+optimizer and the method-state update, and refuses a non-finite update (the
+state stays at the last finite step and the loop stops with a message).
+"""
+
+import functools
+import time
+from typing import Any, Optional
+
+from absl import logging
+import flax
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from jard import checkpoint
+from jard import data as data_lib
+from jard import evaluate
+from jard import metric_writers
+from jard import parallel
+from jard import schedules
+from jard.methods import AttackSpec
+from jard.methods import Context
+from jard.methods import Method
+
+PyTree = Any
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a training step produced a non-finite loss or gradient."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  method_state: PyTree
+
+
+def make_optimizer(config, *, steps_per_epoch: int, total_steps: int):
+  """SGD with momentum and *coupled* weight decay, as PyTorch's `SGD`.
+
+  PyTorch adds `wd · w` to the gradient before the momentum buffer, on every
+  parameter (BatchNorm scales and biases included); `add_decayed_weights`
+  before `sgd` is exactly that.
+
+  Returns:
+    `(tx, lr_fn)`.
+  """
+  opt = config.optimizer
+  lr_fn = schedules.make_schedule(
+      config.schedule.name, base_lr=opt.lr, steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps, cfg=config.schedule.to_dict())
+  tx = optax.chain(
+      optax.add_decayed_weights(opt.weight_decay),
+      optax.sgd(lr_fn, momentum=opt.momentum or None, nesterov=opt.nesterov))
+  return tx, lr_fn
+
+
+def init_variables(model, key, image_shape):
+  return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                    train=False)
+
+
+def create_train_state(model, tx, method: Method, key, image_shape, *,
+                       hp=None, num_classes: int = 10) -> TrainState:
+  """Initial state: model variables, optimizer and method state."""
+  variables = jax.jit(functools.partial(init_variables, model,
+                                        image_shape=image_shape))(key)
+  params = variables['params']
+  method_state = ({} if method.init_state is None
+                  else method.init_state(dict(hp or {}), num_classes))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=tx.init(params), method_state=method_state)
+
+
+def example_keys(key: jax.Array, batch_size: int) -> jax.Array:
+  """Per-example keys from the example's position in the global batch.
+
+  The device index fixes where this device's rows sit in the global batch,
+  so keys are distinct per device and per example, and identical for a
+  given example whether the batch runs on 1 device or on 8.
+  """
+  offset = lax.axis_index(parallel.AXIS) * batch_size
+  return jax.vmap(jax.random.fold_in, (None, 0))(
+      key, offset + jnp.arange(batch_size))
+
+
+def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
+                    steps_per_epoch: int, num_classes: int,
+                    augment: bool = True, teachers=None):
+  """Builds the per-device step `(state, batch, base_key) -> (state, metrics)`.
+
+  `batch` holds this device's `image` (uint8 `[b, H, W, C]`) and `label`.
+  Run it through `parallel.compile_spmd`.
+  """
+  hp = flax.core.FrozenDict(hp)
+
+  def step_fn(state: TrainState, batch, base_key):
+    # The base key is constant; folding in the step makes every step's
+    # randomness a function of the step alone, so resuming reproduces it.
+    key = jax.random.fold_in(base_key, state.step)
+    keys = example_keys(key, batch['label'].shape[0])
+    aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    method_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    images = (data_lib.augment(batch['image'], aug_keys) if augment
+              else data_lib.to_float(batch['image']))
+    ctx = Context(model=model, batch_stats=state.batch_stats, hp=hp,
+                  attack=attack, step=state.step,
+                  epoch=state.step // steps_per_epoch,
+                  state=state.method_state, teachers=teachers or {},
+                  num_classes=num_classes, axis_name=parallel.AXIS)
+    inputs = {'image': images, 'label': batch['label']}
+
+    def loss_fn(params):
+      return method.loss(params, inputs, method_keys, ctx)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    # Local means of equal-sized shards: their mean is the global mean.
+    grads = lax.pmean(grads, parallel.AXIS)
+    metrics = lax.pmean(dict(aux['metrics'], loss=loss), parallel.AXIS)
+    batch_stats = lax.pmean(aux['batch_stats'], parallel.AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    method_state = state.method_state
+    if method.update_state is not None:
+      method_state = method.update_state(method_state, metrics, ctx)
+    new_state = state.replace(step=state.step + 1, params=params,
+                              batch_stats=batch_stats, opt_state=opt_state,
+                              method_state=method_state)
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(
+        optax.global_norm(grads))
+    # A non-finite step keeps the old state; the loop sees `nonfinite` and
+    # stops, so no checkpoint ever holds NaN weights.
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                             new_state, state)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['nonfinite'] = 1.0 - finite.astype(jnp.float32)
+    return new_state, metrics
+
+  return step_fn
+
+
+def _mean_metrics(history: list) -> dict:
+  fetched = jax.device_get(history)
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def train(config, workdir: str, *, model, method: Method, train_ds,
+          select_ds=None, teachers=None, stop_at_step: Optional[int] = None):
+  """Trains `model` with `method` and returns the final `TrainState`.
+
+  Args:
+    config: the resolved run config.
+    workdir: this stage's directory (checkpoints, metrics).
+    model: the student module, built with `bn_axis_name=parallel.AXIS`.
+    method: the method.
+    train_ds: training `ImageDataset`.
+    select_ds: dataset for the per-epoch selection eval (None: no eval).
+    teachers: name -> `Teacher`.
+    stop_at_step: stop (as if killed) after this step's checkpoint; tests use
+      it to check that resuming reproduces an uninterrupted run.
+  """
+  mode = config.parallel
+  spe = data_lib.steps_per_epoch(len(train_ds), config.batch_size)
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else config.num_epochs * spe)
+  tx, lr_fn = make_optimizer(config, steps_per_epoch=spe,
+                             total_steps=total_steps)
+  hp = {k: v for k, v in config.method.to_dict().items() if k != 'name'}
+  attack = AttackSpec(**config.attack.train.to_dict())
+  root_key = jax.random.key(config.seed)
+  init_key, step_key = jax.random.split(root_key)
+  state = create_train_state(model, tx, method, init_key,
+                             train_ds.images.shape[1:], hp=hp,
+                             num_classes=train_ds.num_classes)
+  ckpt = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
+                                metric=config.select.metric or None)
+  restored = ckpt.restore_latest(state)
+  state = parallel.replicate(restored if restored is not None else state)
+  start_step = int(state.step)
+  if start_step:
+    logging.info('Resuming at step %d (epoch %d).', start_step,
+                 start_step // spe)
+
+  step_fn = make_train_step(
+      model=model, method=method, tx=tx, hp=hp, attack=attack,
+      steps_per_epoch=spe, num_classes=train_ds.num_classes,
+      augment=config.dataset.augment, teachers=teachers)
+  # Donated: the loop never reuses the previous state.
+  jit_train_step = parallel.compile_spmd(
+      step_fn, mode=mode, sharded_in=(False, True, False), sharded_out=False,
+      donate_argnums=(0,))
+  selector = None
+  if select_ds is not None and config.select.metric:
+    selector = evaluate.Evaluator(
+        model, evaluate.selection_suite(config), mode=mode,
+        batch_size=config.eval.batch_size, seed=config.eval.seed)
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams(config.to_dict())
+  batches = data_lib.train_batches(
+      train_ds, global_batch=config.batch_size, seed=config.seed,
+      start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
+                  disable=not config.progress_bar or jax.process_index() > 0)
+  history, window_start, tic = [], start_step, time.perf_counter()
+  last_good = ckpt.latest_step()
+
+  def check_and_log(step):
+    nonlocal history, window_start, tic
+    if not history:
+      return
+    means = _mean_metrics(history)
+    if means.pop('nonfinite') > 0:
+      raise NonFiniteLossError(
+          f'Non-finite loss or gradient between steps {window_start} and '
+          f'{step}; training stopped. The last good checkpoint (step '
+          f'{last_good}) is kept in {workdir}. Lower config.optimizer.lr or '
+          'check the inputs.')
+    elapsed = time.perf_counter() - tic
+    means['images_per_sec'] = (step - window_start) * config.batch_size / max(
+        elapsed, 1e-9)
+    means['learning_rate'] = float(lr_fn(step - 1))
+    writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+    bar.set_postfix(loss=f'{means["loss"]:.3f}', img_s=f'{means["images_per_sec"]:.0f}',
+                    **{k[:3]: f'{v:.3f}' for k, v in means.items()
+                       if k.endswith('accuracy')})
+    history, window_start, tic = [], step, time.perf_counter()
+
+  logging.info('Initial compilation, this might take some minutes...')
+  for step in range(start_step, total_steps):
+    batch = parallel.shard_batch(next(batches), mode)
+    state, metrics = jit_train_step(state, batch, step_key)
+    history.append(metrics)
+    if step == start_step:
+      jax.block_until_ready(metrics)
+      logging.info('Initial compilation completed.')
+      history, tic = history, time.perf_counter()
+    done = step + 1
+    bar.update(1)
+    epoch_end = done % spe == 0 or done == total_steps
+    save_now = epoch_end or done % config.checkpoint_every_steps == 0
+    if done % config.log_every_steps == 0 or save_now:
+      check_and_log(done)
+    if save_now:
+      eval_metrics = None
+      epoch = (done - 1) // spe + 1
+      if selector is not None and epoch_end and (
+          epoch % config.select.every_epochs == 0 or done == total_steps):
+        eval_metrics = selector.run(state.params, state.batch_stats,
+                                    select_ds, config.select.num_examples)
+        writer.write_scalars(done, {f'select/{k}': v
+                                    for k, v in eval_metrics.items()})
+      ckpt.save(done, state, eval_metrics)
+      last_good = done
+      if stop_at_step is not None and done >= stop_at_step:
+        break
+  bar.close()
+  ckpt.wait()
+  ckpt.close()
+  writer.flush()
+  return state
