@@ -15,7 +15,7 @@ Both give the same numbers. Batches cross from host memory with
 `shard_batch`, and per-example outputs come back with `to_host`.
 """
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 from jax.experimental import multihost_utils
@@ -27,9 +27,18 @@ AXIS = 'batch'
 MODES = ('pmap', 'shard_map')
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device of every process, axis `AXIS`."""
-  return jax.sharding.Mesh(np.asarray(jax.devices()), (AXIS,))
+Devices = Optional[Sequence[jax.Device]]
+
+
+def make_mesh(devices: Devices = None) -> jax.sharding.Mesh:
+  """A 1-D mesh, axis `AXIS`, over `devices` (default: all, all processes)."""
+  return jax.sharding.Mesh(np.asarray(devices or jax.devices()), (AXIS,))
+
+
+def _local_count(devices: Devices) -> int:
+  if devices is None:
+    return jax.local_device_count()
+  return sum(d.process_index == jax.process_index() for d in devices)
 
 
 def check_mode(mode: str) -> None:
@@ -38,7 +47,8 @@ def check_mode(mode: str) -> None:
 
 
 def compile_spmd(fn: Callable, *, mode: str, sharded_in: Sequence[bool],
-                 sharded_out, donate_argnums: tuple[int, ...] = ()):
+                 sharded_out, donate_argnums: tuple[int, ...] = (),
+                 devices: Devices = None):
   """Compiles per-device `fn` for all devices.
 
   Args:
@@ -48,6 +58,7 @@ def compile_spmd(fn: Callable, *, mode: str, sharded_in: Sequence[bool],
       along its leading axis (batches), False when replicated (state, keys).
     sharded_out: a pytree prefix of the outputs with the same meaning.
     donate_argnums: arguments whose buffers the caller gives up.
+    devices: the devices to run on (default: all).
 
   Returns:
     The compiled callable. Under `'pmap'` sharded arguments are
@@ -59,8 +70,8 @@ def compile_spmd(fn: Callable, *, mode: str, sharded_in: Sequence[bool],
     in_axes = tuple(0 if s else None for s in sharded_in)
     out_axes = jax.tree.map(lambda s: 0 if s else None, sharded_out)
     return jax.pmap(fn, axis_name=AXIS, in_axes=in_axes, out_axes=out_axes,
-                    donate_argnums=donate_argnums)
-  mesh = make_mesh()
+                    donate_argnums=donate_argnums, devices=devices)
+  mesh = make_mesh(devices)
   in_specs = tuple(P(AXIS) if s else P() for s in sharded_in)
   out_specs = jax.tree.map(lambda s: P(AXIS) if s else P(), sharded_out)
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
@@ -68,10 +79,10 @@ def compile_spmd(fn: Callable, *, mode: str, sharded_in: Sequence[bool],
   return jax.jit(mapped, donate_argnums=donate_argnums)
 
 
-def shard_batch(batch: dict, mode: str) -> dict:
+def shard_batch(batch: dict, mode: str, devices: Devices = None) -> dict:
   """Moves this process's slice of a global batch onto its devices."""
   if mode == 'pmap':
-    n = jax.local_device_count()
+    n = _local_count(devices)
     def split(x):
       if x.shape[0] % n:
         raise ValueError(f'a batch of {x.shape[0]} rows per process does not '
@@ -79,7 +90,7 @@ def shard_batch(batch: dict, mode: str) -> dict:
                          'batch_size divisible by the device count.')
       return x.reshape((n, x.shape[0] // n) + x.shape[1:])
     return jax.tree.map(split, batch)
-  sharding = NamedSharding(make_mesh(), P(AXIS))
+  sharding = NamedSharding(make_mesh(devices), P(AXIS))
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
@@ -94,7 +105,7 @@ def to_host(x, mode: str) -> np.ndarray:
   return x
 
 
-def replicate(tree):
+def replicate(tree, devices: Devices = None):
   """Places a host pytree on every device (the layout steps return)."""
-  sharding = NamedSharding(make_mesh(), P())
+  sharding = NamedSharding(make_mesh(devices), P())
   return jax.device_put(tree, sharding)

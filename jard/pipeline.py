@@ -97,11 +97,14 @@ def run(config, workdir: str, *, stop_at_step=None) -> dict:
     if _is_complete(train_dir, train_record):
       logging.info('Stage train already complete; skipping.')
     else:
-      train_lib.train(config, train_dir, model=model, method=method,
-                      train_ds=train_ds, select_ds=select_ds,
-                      stop_at_step=stop_at_step)
+      _, stats = train_lib.train(
+          config, train_dir, model=model, method=method, train_ds=train_ds,
+          select_ds=select_ds, stop_at_step=stop_at_step)
       if stop_at_step is not None:
         return results
+      if jax.process_index() == 0:
+        with open(os.path.join(train_dir, 'train_stats.json'), 'w') as f:
+          json.dump(stats, f, indent=2)
       _mark_complete(train_dir, train_record)
 
   if 'eval' in stages:

@@ -171,6 +171,11 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
     teachers: name -> `Teacher`.
     stop_at_step: stop (as if killed) after this step's checkpoint; tests use
       it to check that resuming reproduces an uninterrupted run.
+
+  Returns:
+    `(state, stats)` with the final state and throughput statistics
+    (`train_seconds`, `train_images`, `images_per_sec`; compile, evaluation
+    and checkpoint time excluded).
   """
   mode = config.parallel
   spe = data_lib.steps_per_epoch(len(train_ds), config.batch_size)
@@ -218,14 +223,15 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
       process_count=jax.process_count())
   bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
                   disable=not config.progress_bar or jax.process_index() > 0)
-  history, window_start, tic = [], start_step, time.perf_counter()
-  last_good = ckpt.latest_step()
+  history, window_start, last_good = [], start_step, ckpt.latest_step()
+  # Throughput counts only training steps: compile, evals and saves excluded.
+  timed_steps, tic = 0, time.perf_counter()
 
   def check_and_log(step):
-    nonlocal history, window_start, tic
+    nonlocal history, window_start, timed_steps
     if not history:
       return
-    means = _mean_metrics(history)
+    means = _mean_metrics(history)  # Waits for the device.
     if means.pop('nonfinite') > 0:
       raise NonFiniteLossError(
           f'Non-finite loss or gradient between steps {window_start} and '
@@ -233,24 +239,28 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
           f'{last_good}) is kept in {workdir}. Lower config.optimizer.lr or '
           'check the inputs.')
     elapsed = time.perf_counter() - tic
-    means['images_per_sec'] = (step - window_start) * config.batch_size / max(
+    means['images_per_sec'] = timed_steps * config.batch_size / max(
         elapsed, 1e-9)
+    stats['train_seconds'] += elapsed
+    stats['train_images'] += timed_steps * config.batch_size
     means['learning_rate'] = float(lr_fn(step - 1))
     writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
     bar.set_postfix(loss=f'{means["loss"]:.3f}', img_s=f'{means["images_per_sec"]:.0f}',
                     **{k[:3]: f'{v:.3f}' for k, v in means.items()
                        if k.endswith('accuracy')})
-    history, window_start, tic = [], step, time.perf_counter()
+    history, window_start, timed_steps = [], step, 0
 
+  stats = {'train_seconds': 0.0, 'train_images': 0}
   logging.info('Initial compilation, this might take some minutes...')
   for step in range(start_step, total_steps):
     batch = parallel.shard_batch(next(batches), mode)
     state, metrics = jit_train_step(state, batch, step_key)
     history.append(metrics)
+    timed_steps += 1
     if step == start_step:
       jax.block_until_ready(metrics)
       logging.info('Initial compilation completed.')
-      history, tic = history, time.perf_counter()
+      timed_steps, tic = 0, time.perf_counter()
     done = step + 1
     bar.update(1)
     epoch_end = done % spe == 0 or done == total_steps
@@ -270,8 +280,14 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
       last_good = done
       if stop_at_step is not None and done >= stop_at_step:
         break
+    if done % config.log_every_steps == 0 or save_now:
+      tic = time.perf_counter()
   bar.close()
   ckpt.wait()
   ckpt.close()
   writer.flush()
-  return state
+  stats['images_per_sec'] = stats['train_images'] / max(
+      stats['train_seconds'], 1e-9)
+  logging.info('Training throughput: %.1f images/s over %d images.',
+               stats['images_per_sec'], stats['train_images'])
+  return state, stats

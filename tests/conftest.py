@@ -1,0 +1,16 @@
+"""Test setup: 8 forced CPU devices and fast compiles, before JAX starts."""
+
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Test models are tiny: compile time dominates, not run time.
+jax.config.update('jax_disable_most_optimizations', True)
+
+# `configs` is a top-level folder of the repository, imported by tests.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
