@@ -52,7 +52,6 @@ def main(argv):
   try:
     pipeline.run(FLAGS.config, workdir)
   except (validation.ConfigError, data.DataError, FileNotFoundError) as e:
-    logging.error('%s', e)
     sys.stderr.write(f'jard: error: {e}\n')
     sys.exit(2)
 

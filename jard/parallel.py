@@ -74,8 +74,13 @@ def compile_spmd(fn: Callable, *, mode: str, sharded_in: Sequence[bool],
   mesh = make_mesh(devices)
   in_specs = tuple(P(AXIS) if s else P() for s in sharded_in)
   out_specs = jax.tree.map(lambda s: P(AXIS) if s else P(), sharded_out)
+  # check_vma=False keeps pmap's semantics: a gradient with respect to a
+  # replicated argument is the *local* gradient, which the step then
+  # `pmean`s itself. (With vma checking, JAX would insert a psum when
+  # transposing the implicit broadcast, and the explicit pmean would then
+  # scale the gradient by the device count.)
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
-                         out_specs=out_specs)
+                         out_specs=out_specs, check_vma=False)
   return jax.jit(mapped, donate_argnums=donate_argnums)
 
 

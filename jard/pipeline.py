@@ -16,6 +16,7 @@ import os
 
 from absl import logging
 import jax
+import numpy as np
 
 from jard import checkpoint
 from jard import data as data_lib
@@ -63,9 +64,15 @@ def load_datasets(config):
     if ds.holdout >= len(train_ds):
       raise data_lib.DataError(
           f'config.dataset.holdout={ds.holdout} leaves no training data.')
-    perm = data_lib.epoch_permutation(len(train_ds), config.seed, -1)
+    # A stream of its own (tag 2**31 - 1), never an epoch's shuffle.
+    perm = np.random.default_rng([config.seed, 2**31 - 1]).permutation(
+        len(train_ds))
     select_ds = train_ds.subset(perm[:ds.holdout], '[holdout]')
     train_ds = train_ds.subset(perm[ds.holdout:], '[train]')
+  if len(train_ds) < config.batch_size:
+    raise data_lib.DataError(
+        f'config.batch_size={config.batch_size} exceeds the {len(train_ds)} '
+        'training examples; lower the batch size or use more data.')
   return train_ds, test_ds, select_ds
 
 

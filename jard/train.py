@@ -140,12 +140,12 @@ def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
                               batch_stats=batch_stats, opt_state=opt_state,
                               method_state=method_state)
     finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(
-        optax.global_norm(grads))
+        optax.tree.norm(grads))
     # A non-finite step keeps the old state; the loop sees `nonfinite` and
     # stops, so no checkpoint ever holds NaN weights.
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
                              new_state, state)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['nonfinite'] = 1.0 - finite.astype(jnp.float32)
     return new_state, metrics
 

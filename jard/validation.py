@@ -93,4 +93,8 @@ def validate(config) -> None:
          f'{sorted(set(schedules.SCHEDULES) | {"cosine"})}.')
   _check(config.optimizer.lr > 0 and config.optimizer.weight_decay >= 0,
          'config.optimizer.lr must be > 0 and weight_decay >= 0.')
+  wanted = [c.strip() for c in config.eval.checkpoints.split(',') if c.strip()]
+  _check(wanted and set(wanted) <= {'last', 'best'},
+         f'config.eval.checkpoints={config.eval.checkpoints!r}; use "last", '
+         '"best" or "last,best".')
   stages(config)

@@ -1,0 +1,121 @@
+"""The generic train step: device-count and mapping invariance, NaN guard."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jard import methods
+from jard import parallel
+from jard import schedules
+from jard import train as train_lib
+from jard.models import resnet
+
+BATCH = 16
+
+
+def _tiny_model():
+  return resnet.ResNet(stage_sizes=(1, 1), widths=(8, 16), num_classes=10,
+                       bn_axis_name=parallel.AXIS)
+
+
+def _batches(num_steps):
+  rng = np.random.default_rng(0)
+  return [{'image': rng.integers(0, 256, (BATCH, 16, 16, 3), dtype=np.uint8),
+           'label': rng.integers(0, 10, (BATCH,)).astype(np.int32)}
+          for _ in range(num_steps)]
+
+
+def _run(method_name, mode, num_devices, num_steps=3):
+  """Three steps of `method_name` on the first `num_devices` devices."""
+  devices = jax.devices()[:num_devices]
+  model = _tiny_model()
+  method = methods.get_method(method_name)
+  tx = optax.chain(optax.add_decayed_weights(5e-4),
+                   optax.sgd(0.1, momentum=0.9))
+  attack = methods.AttackSpec(eps=8 / 255, step_size=2 / 255, steps=2,
+                              init='U')
+  state = train_lib.create_train_state(model, tx, method, jax.random.key(0),
+                                       (16, 16, 3))
+  step_fn = train_lib.make_train_step(
+      model=model, method=method, tx=tx, hp={'beta': 6.0}, attack=attack,
+      steps_per_epoch=10, num_classes=10)
+  compiled = parallel.compile_spmd(step_fn, mode=mode,
+                                   sharded_in=(False, True, False),
+                                   sharded_out=False, devices=devices)
+  state = parallel.replicate(state, devices)
+  losses = []
+  for batch in _batches(num_steps):
+    state, metrics = compiled(state, parallel.shard_batch(batch, mode, devices),
+                              jax.random.key(1))
+    losses.append(float(metrics['loss']))
+  return np.array(losses), jax.device_get(state)
+
+
+@pytest.mark.parametrize('method_name', ['pgd_at', 'trades'])
+def test_one_and_eight_devices_pmap_and_shard_map_agree(method_name):
+  assert jax.device_count() == 8
+  ref_losses, ref_state = _run(method_name, 'pmap', 1)
+  for mode, n in [('pmap', 8), ('shard_map', 1), ('shard_map', 8)]:
+    losses, state = _run(method_name, mode, n)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5,
+                               err_msg=f'{mode} on {n} devices')
+    for name in ('params', 'batch_stats'):
+      jax.tree.map(
+          functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+          getattr(state, name), getattr(ref_state, name))
+    assert int(state.step) == 3
+  # The three steps really trained: parameters moved.
+  _, init_state = _run(method_name, 'pmap', 1, num_steps=0)
+  moved = jax.tree.leaves(jax.tree.map(
+      lambda a, b: np.max(np.abs(a - b)), ref_state.params,
+      init_state.params))
+  assert max(moved) > 1e-3
+
+
+def test_piecewise_schedule_is_epoch_wise_multistep():
+  fn = schedules.make_schedule(
+      'piecewise', base_lr=0.1, steps_per_epoch=10, total_steps=1000,
+      cfg={'boundaries': (2, 4), 'factor': 0.1})
+  lrs = [float(fn(s)) for s in (0, 19, 20, 39, 40, 999)]
+  np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001],
+                             rtol=1e-6)
+
+
+def test_cosine_and_custom_schedules():
+  fn = schedules.make_schedule('cosine', base_lr=0.2, steps_per_epoch=10,
+                               total_steps=100)
+  np.testing.assert_allclose([float(fn(0)), float(fn(50)), float(fn(100))],
+                             [0.2, 0.1, 0.0], atol=1e-7)
+  custom = lambda epoch, *, base_lr, cfg: base_lr / (1.0 + epoch)
+  fn = schedules.make_schedule(custom, base_lr=1.0, steps_per_epoch=5,
+                               total_steps=50)
+  np.testing.assert_allclose([float(fn(4)), float(fn(5)), float(fn(12))],
+                             [1.0, 0.5, 1 / 3], rtol=1e-6)
+  with pytest.raises(ValueError, match='config.schedule.name'):
+    schedules.make_schedule('nope', base_lr=1.0, steps_per_epoch=1,
+                            total_steps=1)
+
+
+def test_optimizer_matches_pytorch_sgd_with_coupled_weight_decay():
+  """Two steps of optax chain == PyTorch SGD(momentum, weight_decay) maths."""
+  config = ml_collections.ConfigDict({
+      'optimizer': {'lr': 0.1, 'momentum': 0.9, 'nesterov': False,
+                    'weight_decay': 5e-4},
+      'schedule': {'name': 'constant'}})
+  tx, _ = train_lib.make_optimizer(config, steps_per_epoch=1, total_steps=10)
+  w = jnp.array([1.0, -2.0])
+  grads = [jnp.array([0.5, 0.25]), jnp.array([-1.0, 2.0])]
+  opt_state = tx.init(w)
+  w_ref, buf = np.array([1.0, -2.0]), None
+  for g in grads:
+    updates, opt_state = tx.update(g, opt_state, w)
+    w = optax.apply_updates(w, updates)
+    d = np.asarray(g) + 5e-4 * w_ref            # grad + wd * w
+    buf = d if buf is None else 0.9 * buf + d   # dampening 0
+    w_ref = w_ref - 0.1 * buf
+  np.testing.assert_allclose(np.asarray(w), w_ref, rtol=1e-6)
