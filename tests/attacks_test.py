@@ -161,6 +161,9 @@ def test_random_start(norm, init):
     # x + 0.001·N(0, I), independent of ε and not clipped.
     d = (np.asarray(x0) - np.asarray(x)).ravel()
     assert 0.0007 < d.std() < 0.0013 and abs(d.mean()) < 3e-4
+    on_bounds = attacks.random_start(jnp.zeros_like(x), jax.random.key(6),
+                                     eps=eps, init=init, norm=norm)
+    assert np.min(on_bounds) < -0.001  # Not clipped to the bounds.
 
 
 def test_l2_uniform_start_fills_the_ball():
@@ -196,8 +199,22 @@ def test_steps_zero_init_u_returns_the_random_start():
   key = jax.random.key(8)
   x_adv = attacks.pgd(_ce_fn(f, y), x, key, eps=0.1, step_size=0.01,
                       steps=0, init='U')
-  np.testing.assert_array_equal(
-      x_adv, attacks.random_start(x, key, eps=0.1, init='U'))
+  np.testing.assert_allclose(
+      x_adv, attacks.random_start(x, key, eps=0.1, init='U'), atol=1e-7)
+
+
+@pytest.mark.parametrize('norm', attacks.NORMS)
+def test_steps_zero_init_n_is_still_a_valid_point(norm):
+  # The 'N' start is not clipped; with no step to project it, pgd must still
+  # return a point of the ε-ball and the bounds (ε = 0: x itself).
+  f, y = _linear_model(), _labels()
+  x = jnp.zeros((_B,) + _SHAPE).at[:, 0].set(1.0)
+  eps = jnp.asarray([0.0, 0.0, 1e-4, 1e-4, 0.1, 0.1])
+  x_adv = attacks.pgd(_ce_fn(f, y), x, jax.random.key(8), eps=eps,
+                      step_size=0.01, steps=0, norm=norm, init='N')
+  assert np.all(_delta_norm(x_adv, x, norm) <= np.asarray(eps) + 1e-7)
+  assert np.all(np.asarray(x_adv) >= 0.0) and np.all(np.asarray(x_adv) <= 1.0)
+  np.testing.assert_array_equal(x_adv[:2], x[:2])
 
 
 @pytest.mark.parametrize('kwargs', [

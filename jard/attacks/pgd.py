@@ -151,6 +151,8 @@ def pgd(loss_fn: LossFn, x: jax.Array, key: jax.Array, *, eps,
     return project(x_adv + alpha * step, x, eps_b, norm, bounds)
 
   x_adv = random_start(x, key, eps=eps, init=init, norm=norm, bounds=bounds)
+  if steps == 0:  # No step projects the (unclipped 'N') start: do it here.
+    x_adv = project(x_adv, x, eps_b, norm, bounds)
   x_adv = jax.lax.fori_loop(0, steps, body, x_adv)
   return jax.lax.stop_gradient(x_adv)
 

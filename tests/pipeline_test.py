@@ -1,0 +1,144 @@
+"""End to end: the CLI under mock TFDS, npz runs, resume, NaN guard, skips."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import pgd_at
+from jard import methods
+from jard import pipeline
+from jard import train as train_lib
+from jard.methods import standard
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def npz_path(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  path = tmp_path_factory.mktemp('data') / 'tiny.npz'
+  np.savez(path, image=rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8),
+           label=rng.integers(0, 10, (96,)))
+  return str(path)
+
+
+def _quick_config(npz_path, **overrides):
+  config = pgd_at.get_config('quick')
+  config.dataset.train = config.dataset.test = 'npz:' + npz_path
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def _restore_raw(directory, step=None):
+  """The saved TrainState of a stage as a plain pytree of numpy arrays."""
+  with ocp.CheckpointManager(os.path.join(directory, 'checkpoints')) as mngr:
+    step = mngr.latest_step() if step is None else step
+    return step, mngr.restore(step, args=ocp.args.StandardRestore())
+
+
+def test_main_runs_quick_config_under_mock_tfds(tmp_path, monkeypatch):
+  import main  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  argv = ['main.py', f'--config={REPO}/configs/pgd_at.py:quick',
+          f'--workdir={workdir}', '--config.eval.num_examples=48',
+          '--config.eval.batch_size=16']
+  # config_flags reads `--config.a.b=v` overrides from sys.argv.
+  monkeypatch.setattr('sys.argv', argv)
+  main.FLAGS.unparse_flags()
+  main.FLAGS(argv)
+  with tfds.testing.mock_data(num_examples=64):
+    main.main(['main.py'])
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['method']['name'] == 'pgd_at'
+  assert saved['eval']['num_examples'] == 48
+  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+    results = json.load(f)
+  accuracy = results['last']['accuracy']
+  assert accuracy['num_examples'] == 48  # 3 batches, nothing dropped.
+  for name in ('clean', 'fgsm', 'pgd20_sat', 'pgd20_trades', 'cw_inf',
+               'worst_case'):
+    assert 0.0 <= accuracy[name] <= 1.0
+  assert accuracy['worst_case'] <= min(accuracy['clean'], accuracy['cw_inf'])
+  assert os.path.exists(os.path.join(workdir, 'eval', 'results.md'))
+  assert os.path.exists(os.path.join(workdir, 'train', 'metrics.jsonl'))
+  assert any(f.startswith('events.out.tfevents')
+             for f in os.listdir(os.path.join(workdir, 'train')))
+  main.FLAGS.unparse_flags()
+
+
+def test_npz_run_then_rerun_skips_completed_stages(npz_path, tmp_path):
+  config = _quick_config(npz_path, **{'eval.attacks': 'clean,pgd20_sat',
+                                      'eval.num_examples': 40,
+                                      'eval.batch_size': 16})
+  workdir = str(tmp_path / 'run')
+  results = pipeline.run(config, workdir)
+  assert results['last']['step'] == 4
+  assert results['last']['accuracy']['num_examples'] == 40
+  step, state = _restore_raw(os.path.join(workdir, 'train'))
+  assert step == 4 and int(state['step']) == 4
+  # Completed stages are skipped: no training or evaluation happens again.
+  calls = []
+  original = train_lib.train
+  try:
+    train_lib.train = lambda *a, **k: calls.append(1)
+    again = pipeline.run(config, workdir)
+  finally:
+    train_lib.train = original
+  assert not calls
+  assert again == json.loads(json.dumps(results))
+
+
+def test_interrupted_run_resumes_to_identical_parameters(npz_path, tmp_path):
+  # 96 examples / batch 32: 3 steps per epoch, so the run crosses an epoch
+  # boundary after the interruption (new shuffle, selection eval, save).
+  overrides = {'stages': 'train', 'num_train_steps': 5}
+  full_dir, resumed_dir = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+  pipeline.run(_quick_config(npz_path, **overrides), full_dir)
+  pipeline.run(_quick_config(npz_path, **overrides), resumed_dir,
+               stop_at_step=2)
+  step, _ = _restore_raw(os.path.join(resumed_dir, 'train'))
+  assert step == 2
+  assert not os.path.exists(os.path.join(resumed_dir, 'train', 'COMPLETE'))
+  pipeline.run(_quick_config(npz_path, **overrides), resumed_dir)
+  _, full = _restore_raw(os.path.join(full_dir, 'train'))
+  _, resumed = _restore_raw(os.path.join(resumed_dir, 'train'))
+  assert int(full['step']) == int(resumed['step']) == 5
+  jax.tree.map(np.testing.assert_array_equal, resumed, full)
+  # And the run trained at all.
+  _, early = _restore_raw(os.path.join(resumed_dir, 'train'), step=None)
+  assert early is not None
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(npz_path,
+                                                             tmp_path):
+  def nan_after_two_steps(params, batch, keys, ctx):
+    loss, aux = standard.natural_loss(params, batch, keys, ctx)
+    return loss * jax.numpy.where(ctx.step >= 2, np.nan, 1.0), aux
+
+  methods.METHODS['_nan_test'] = methods.Method('_nan_test',
+                                                nan_after_two_steps)
+  try:
+    config = _quick_config(npz_path, **{'stages': 'train',
+                                        'method.name': '_nan_test',
+                                        'log_every_steps': 1,
+                                        'num_train_steps': 6})
+    workdir = str(tmp_path / 'nan')
+    with pytest.raises(train_lib.NonFiniteLossError,
+                       match=r'Non-finite .* steps 2 and 3.*step 2'):
+      pipeline.run(config, workdir)
+  finally:
+    del methods.METHODS['_nan_test']
+  step, state = _restore_raw(os.path.join(workdir, 'train'))
+  assert step == 2
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state['params']))
