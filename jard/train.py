@@ -12,6 +12,7 @@ import time
 from typing import Any, Optional
 
 from absl import logging
+from clu import parameter_overview
 import flax
 import jax
 from jax import lax
@@ -192,6 +193,8 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
                              num_classes=train_ds.num_classes)
   ckpt = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
                                 metric=config.select.metric or None)
+  if jax.process_index() == 0:
+    parameter_overview.log_parameter_overview(state.params)
   restored = ckpt.restore_latest(state)
   state = parallel.replicate(restored if restored is not None else state)
   start_step = int(state.step)

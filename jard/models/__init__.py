@@ -13,6 +13,8 @@ from jard.models.outputs import Outputs
 MODELS = {
     'resnet18': resnet.resnet18,
     'resnet34': resnet.resnet34,
+    # ResNet-8 (one block per stage): the tiny model of `:quick` configs.
+    'resnet8': resnet.cifar_resnet(8),
     'resnet20': resnet.cifar_resnet(20),
     'resnet32': resnet.cifar_resnet(32),
     'resnet44': resnet.cifar_resnet(44),

@@ -1,0 +1,63 @@
+"""Every config file and documented variant loads, validates and resolves."""
+
+import importlib
+import json
+
+import pytest
+
+from jard import evaluate
+from jard import methods
+from jard import models
+from jard import validation
+
+CONFIGS = {
+    'natural': [None, 'quick'],
+    'pgd_at': [None, 'quick', 'init=U'],
+    'trades': [None, 'quick', 'model=resnet18'],
+    'mart': [None, 'quick', 'wrn', 'wrn,quick'],
+}
+
+
+@pytest.mark.parametrize('name,arg', [(n, a) for n, args in CONFIGS.items()
+                                      for a in args])
+def test_config_loads_and_validates(name, arg):
+  module = importlib.import_module(f'configs.{name}')
+  assert module.__doc__ and 'python main.py --config=configs/' in module.__doc__
+  config = module.get_config(arg)
+  validation.validate(config)
+  assert config.model.name in models.MODELS
+  assert config.method.name in methods.METHODS
+  evaluate.check_suite(config.eval.attacks)
+  json.loads(config.to_json())  # primitives only
+  if arg and 'quick' in arg:
+    assert config.model.name == 'resnet8' and config.num_train_steps <= 8
+
+
+def test_paper_hyperparameters():
+  trades = importlib.import_module('configs.trades').get_config()
+  assert (trades.method.beta, trades.attack.train.eps,
+          trades.attack.train.step_size, trades.attack.train.init,
+          trades.num_epochs, tuple(trades.schedule.boundaries),
+          trades.optimizer.weight_decay) == (6.0, 0.031, 0.007, 'N', 76,
+                                             (75,), 2e-4)
+  mart = importlib.import_module('configs.mart').get_config()
+  assert (mart.method.beta, mart.optimizer.lr, mart.optimizer.weight_decay,
+          mart.num_epochs) == (5.0, 0.01, 3.5e-3, 120)
+  mart_wrn = importlib.import_module('configs.mart').get_config('wrn')
+  assert (mart_wrn.method.beta, mart_wrn.model.name) == (6.0, 'wrn34_10')
+  pgd = importlib.import_module('configs.pgd_at').get_config()
+  assert (pgd.attack.train.steps, pgd.attack.train.step_size,
+          pgd.attack.train.init, pgd.num_epochs) == (10, 2 / 255, 'N', 110)
+
+
+def test_default_defines_every_field():
+  source = open(importlib.import_module('configs.default').__file__).read()
+  config = importlib.import_module('configs.default').get_config()
+  def leaves(d, prefix=''):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from leaves(v, f'{prefix}{k}.')
+      else:
+        yield prefix + k
+  for field in leaves(config.to_dict()):
+    assert f'config.{field} =' in source, field
