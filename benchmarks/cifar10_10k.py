@@ -44,7 +44,7 @@ def make_config(run: str, data_dir: str):
     config.eval.attacks = 'clean,fgsm'
   else:
     config = pgd_at_config.get_config()
-    config.num_epochs = 8
+    config.num_epochs = 5
     # PGD-3 with step 4/255 keeps a one-core run inside a session.
     config.attack.train.steps = 3
     config.attack.train.step_size = 4 / 255

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
@@ -11,6 +12,11 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Test models are tiny: compile time dominates, not run time.
 jax.config.update('jax_disable_most_optimizations', True)
+# Pipeline tests build the same steps in several runs (resume, rerun): a
+# persistent cache lets identical programs compile once per session.
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(tempfile.gettempdir(), 'jard_test_jax_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 # `configs` is a top-level folder of the repository, imported by tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
