@@ -255,40 +255,44 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
 
   stats = {'train_seconds': 0.0, 'train_images': 0}
   logging.info('Initial compilation, this might take some minutes...')
-  for step in range(start_step, total_steps):
-    batch = parallel.shard_batch(next(batches), mode)
-    state, metrics = jit_train_step(state, batch, step_key)
-    history.append(metrics)
-    timed_steps += 1
-    if step == start_step:
-      jax.block_until_ready(metrics)
-      logging.info('Initial compilation completed.')
-      timed_steps, tic = 0, time.perf_counter()
-    done = step + 1
-    bar.update(1)
-    epoch_end = done % spe == 0 or done == total_steps
-    save_now = epoch_end or done % config.checkpoint_every_steps == 0
-    if done % config.log_every_steps == 0 or save_now:
-      check_and_log(done)
-    if save_now:
-      eval_metrics = None
-      epoch = (done - 1) // spe + 1
-      if selector is not None and epoch_end and (
-          epoch % config.select.every_epochs == 0 or done == total_steps):
-        eval_metrics = selector.run(state.params, state.batch_stats,
-                                    select_ds, config.select.num_examples)
-        writer.write_scalars(done, {f'select/{k}': v
-                                    for k, v in eval_metrics.items()})
-      ckpt.save(done, state, eval_metrics)
-      last_good = done
-      if stop_at_step is not None and done >= stop_at_step:
-        break
-    if done % config.log_every_steps == 0 or save_now:
-      tic = time.perf_counter()
-  bar.close()
-  ckpt.wait()
-  ckpt.close()
-  writer.flush()
+  # Whatever stops the loop (a non-finite loss, Ctrl-C), pending async saves
+  # are completed, so the last good checkpoint is on disk.
+  try:
+    for step in range(start_step, total_steps):
+      batch = parallel.shard_batch(next(batches), mode)
+      state, metrics = jit_train_step(state, batch, step_key)
+      history.append(metrics)
+      timed_steps += 1
+      if step == start_step:
+        jax.block_until_ready(metrics)
+        logging.info('Initial compilation completed.')
+        timed_steps, tic = 0, time.perf_counter()
+      done = step + 1
+      bar.update(1)
+      epoch_end = done % spe == 0 or done == total_steps
+      save_now = epoch_end or done % config.checkpoint_every_steps == 0
+      if done % config.log_every_steps == 0 or save_now:
+        check_and_log(done)
+      if save_now:
+        eval_metrics = None
+        epoch = (done - 1) // spe + 1
+        if selector is not None and epoch_end and (
+            epoch % config.select.every_epochs == 0 or done == total_steps):
+          eval_metrics = selector.run(state.params, state.batch_stats,
+                                      select_ds, config.select.num_examples)
+          writer.write_scalars(done, {f'select/{k}': v
+                                      for k, v in eval_metrics.items()})
+        ckpt.save(done, state, eval_metrics)
+        last_good = done
+        if stop_at_step is not None and done >= stop_at_step:
+          break
+      if done % config.log_every_steps == 0 or save_now:
+        tic = time.perf_counter()
+  finally:
+    bar.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.flush()
   stats['images_per_sec'] = stats['train_images'] / max(
       stats['train_seconds'], 1e-9)
   logging.info('Training throughput: %.1f images/s over %d images.',

@@ -10,8 +10,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Test models are tiny: compile time dominates, not run time.
-jax.config.update('jax_disable_most_optimizations', True)
+# Note: `jax_disable_most_optimizations` is *not* set. It makes compiles
+# faster but runs attack loops ~30x slower (PGD-20 on 32 CIFAR images: 126 s
+# instead of 4.5 s), which costs far more than it saves here.
 # Pipeline tests build the same steps in several runs (resume, rerun): a
 # persistent cache lets identical programs compile once per session.
 jax.config.update('jax_compilation_cache_dir',

@@ -17,7 +17,6 @@ from jard.models import resnet
 from jard.models import wide_resnet
 from jard.models.outputs import Outputs
 
-jax.config.update('jax_disable_most_optimizations', True)
 
 _IMAGE_SHAPE = (32, 32, 3)
 
