@@ -201,13 +201,14 @@ def test_kl_jit_parity(reduction):
   t, s = jnp.asarray(_logits(10)), jnp.asarray(_logits(11))
   fn = lambda t, s: losses.distillation_kl(t, s, temperature=30.0,
                                            reduction=reduction)
-  np.testing.assert_allclose(jax.jit(fn)(t, s), fn(t, s), rtol=1e-6,
-                             atol=1e-9)
+  # float32: XLA's fusion under jit may reorder sums (KL at τ = 30 is ~1e-3).
+  np.testing.assert_allclose(jax.jit(fn)(t, s), fn(t, s), rtol=2e-5,
+                             atol=1e-7)
   p = jnp.asarray(_target_with_zero())
   log_q = jax.nn.log_softmax(s)
   kl = lambda p, lq: losses.kl_divergence(p, lq, reduction=reduction)
-  np.testing.assert_allclose(jax.jit(kl)(p, log_q), kl(p, log_q), rtol=1e-6,
-                             atol=1e-9)
+  np.testing.assert_allclose(jax.jit(kl)(p, log_q), kl(p, log_q), rtol=2e-5,
+                             atol=1e-7)
 
 
 @pytest.mark.parametrize('bad', ['mean', 'batchmean', 'BM', ''])
