@@ -18,6 +18,8 @@ setuptools.setup(
         'orbax-checkpoint>=0.12.0',
         'chex>=0.1.90',
         'tensorflow-datasets>=4.9.9',
+        # TFDS imports it when it downloads and prepares a dataset.
+        'importlib_resources>=6.0',
         'ml-collections>=1.1.0',
         'clu>=0.0.12',
         'absl-py>=2.1.0',
