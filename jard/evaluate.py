@@ -120,14 +120,12 @@ class Evaluator:
     for batch in data_lib.eval_batches(
         ds, global_batch=self.batch_size, process_index=jax.process_index(),
         process_count=jax.process_count(), num_examples=num_examples):
-      mask = batch.pop('mask')
+      mask = parallel.gather_host(batch.pop('mask')) > 0
       out = self._step(variables, parallel.shard_batch(batch, self.mode),
                        self.key)
-      full_mask = parallel.to_host(
-          parallel.shard_batch({'m': mask}, self.mode)['m'], self.mode)
       for name in self.suite:
-        results[name].append(parallel.to_host(out[name], self.mode)[
-            full_mask > 0] > 0.5)
+        results[name].append(parallel.to_host(out[name], self.mode)[mask]
+                             > 0.5)
     return {name: np.concatenate(v) for name, v in results.items()}
 
   def run(self, params, batch_stats, ds, num_examples: int = -1) -> dict:

@@ -110,6 +110,13 @@ def to_host(x, mode: str) -> np.ndarray:
   return x
 
 
+def gather_host(x: np.ndarray) -> np.ndarray:
+  """Concatenates every process's host array along axis 0 (process order)."""
+  if jax.process_count() > 1:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(x)
+
+
 def replicate(tree, devices: Devices = None):
   """Places a host pytree on every device (the layout steps return)."""
   sharding = NamedSharding(make_mesh(devices), P())
