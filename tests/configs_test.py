@@ -12,7 +12,7 @@ from jard import validation
 
 CONFIGS = {
     'natural': [None, 'quick'],
-    'pgd_at': [None, 'quick', 'init=U'],
+    'pgd_at': [None, 'quick', 'init=N'],
     'trades': [None, 'quick', 'model=resnet18'],
     'mart': [None, 'quick', 'wrn', 'wrn,quick'],
 }
@@ -47,7 +47,9 @@ def test_paper_hyperparameters():
   assert (mart_wrn.method.beta, mart_wrn.model.name) == (6.0, 'wrn34_10')
   pgd = importlib.import_module('configs.pgd_at').get_config()
   assert (pgd.attack.train.steps, pgd.attack.train.step_size,
-          pgd.attack.train.init, pgd.num_epochs) == (10, 2 / 255, 'N', 110)
+          pgd.attack.train.init, pgd.num_epochs) == (10, 2 / 255, 'U', 110)
+  assert importlib.import_module('configs.pgd_at').get_config(
+      'init=N').attack.train.init == 'N'
 
 
 def test_default_defines_every_field():
