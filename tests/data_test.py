@@ -374,12 +374,23 @@ def test_eval_batches_num_examples():
   mask = np.concatenate([b['mask'] for b in batches])
   index = np.concatenate([b['index'] for b in batches])
   np.testing.assert_array_equal(mask, [1] * 10 + [0] * 6)
-  np.testing.assert_array_equal(index[:10], np.arange(10))
+  # A fixed, sorted random subset (not the first rows: test files are often
+  # sorted by class), without repeats, the same on every call.
+  np.testing.assert_array_equal(index[:10], data.eval_indices(N, 10))
+  assert len(set(index[:10])) == 10 and np.all(np.diff(index[:10]) > 0)
+  assert not np.array_equal(index[:10], np.arange(10))
   # More than the dataset holds: all of it; exactly a batch multiple: no pad.
   many = list(data.eval_batches(ds, global_batch=8, num_examples=1000))
   assert sum(b['mask'].sum() for b in many) == N
   exact = list(data.eval_batches(ds, global_batch=8, num_examples=16))
   assert len(exact) == 2 and all(b['mask'].all() for b in exact)
+
+
+def test_eval_subset_of_class_sorted_data_covers_every_class():
+  labels = np.repeat(np.arange(10), 1000)  # CIFAR-10 test.npz is sorted
+  subset = labels[data.eval_indices(len(labels), 1000)]
+  counts = np.bincount(subset, minlength=10)
+  assert counts.min() > 50, counts
 
 
 def test_eval_batches_process_slices():

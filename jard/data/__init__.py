@@ -4,6 +4,7 @@ from jard.data.augment import augment
 from jard.data.augment import to_float
 from jard.data.pipeline import epoch_permutation
 from jard.data.pipeline import eval_batches
+from jard.data.pipeline import eval_indices
 from jard.data.pipeline import steps_per_epoch
 from jard.data.pipeline import train_batches
 from jard.data.sources import DataError

@@ -62,6 +62,19 @@ def train_batches(ds: ImageDataset, *, global_batch: int, seed: int,
     step = (epoch + 1) * per_epoch
 
 
+def eval_indices(num_total: int, num_examples: int = -1) -> np.ndarray:
+  """Rows to evaluate: all, or a fixed random subset of `num_examples`.
+
+  A subset is drawn with a fixed seed (and then sorted) rather than taken
+  from the front, because many test files are sorted by class: the first
+  1000 CIFAR-10 test images of a class-sorted file are all airplanes.
+  """
+  if num_examples < 0 or num_examples >= num_total:
+    return np.arange(num_total)
+  rng = np.random.default_rng(0)
+  return np.sort(rng.choice(num_total, num_examples, replace=False))
+
+
 def eval_batches(ds: ImageDataset, *, global_batch: int,
                  process_index: int = 0, process_count: int = 1,
                  num_examples: int = -1) -> Iterator[Batch]:
@@ -70,18 +83,20 @@ def eval_batches(ds: ImageDataset, *, global_batch: int,
   Args:
     ds: the dataset.
     global_batch: examples per global batch.
-    num_examples: evaluate only the first `num_examples` (-1: all).
+    num_examples: evaluate a fixed subset of this size (`eval_indices`;
+      -1: all).
 
   Yields:
     dicts with `image`, `label`, `mask` (float32, 1 for real examples) and
     `index` (the example's row in the dataset, which seeds its attack keys),
     this process's slice of each padded global batch.
   """
-  n = len(ds) if num_examples < 0 else min(num_examples, len(ds))
+  rows_to_eval = eval_indices(len(ds), num_examples)
+  n = len(rows_to_eval)
   rows = _process_slice(global_batch, process_index, process_count)
   for start in range(0, n, global_batch):
-    idx = np.arange(start, start + global_batch)
-    mask = (idx < n).astype(np.float32)
-    idx = np.where(idx < n, idx, 0)[rows]
+    pos = np.arange(start, start + global_batch)
+    mask = (pos < n).astype(np.float32)
+    idx = rows_to_eval[np.minimum(pos, n - 1)][rows]
     yield {'image': ds.images[idx], 'label': ds.labels[idx],
            'mask': mask[rows], 'index': idx.astype(np.int32)}
