@@ -102,9 +102,7 @@ def shard_batch(batch: dict, mode: str, devices: Devices = None) -> dict:
 
 def to_host(x, mode: str) -> np.ndarray:
   """A sharded per-example output as one `[global_batch, ...]` numpy array."""
-  if jax.process_count() > 1:
-    x = multihost_utils.process_allgather(x, tiled=True)
-  x = np.asarray(x)
+  x = gather_host(x)
   if mode == 'pmap':
     x = x.reshape((-1,) + x.shape[2:])
   return x
