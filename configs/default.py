@@ -17,16 +17,22 @@ def get_config(arg=None):
   del arg
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # Comma-separated stages to run, in order (jard.validation.STAGES).
-  config.stages = 'train,eval'
+  # Comma-separated stages to run, in order (jard.validation.STAGES):
+  # teachers (train config.teachers without a checkpoint), train, eval.
+  config.stages = 'teachers,train,eval'
   # 'pmap' (default) or 'shard_map': how the per-device step is mapped.
   config.parallel = 'pmap'
   config.progress_bar = True
 
   config.dataset = ml_collections.ConfigDict()
-  # Sources: tfds:cifar10, tfds:cifar100, npz:<path>, folder:<root>.
+  # Sources: tfds:cifar10, tfds:cifar100, npz:<path>, folder:<root>, and the
+  # radio sources amc_synthetic[:per_key=N,seed=S,am_ssb=correct|faithful]
+  # and radioml:<path to RML2016.10a_dict.pkl> (split 50/50 by role).
   config.dataset.train = 'tfds:cifar10'
   config.dataset.test = 'tfds:cifar10'
+  # If set, one source for both roles (its train / test halves); overrides
+  # train and test. E.g. --config.dataset.source=radioml:RML2016.10a_dict.pkl
+  config.dataset.source = ''
   config.dataset.num_classes = 10
   config.dataset.image_size = 32
   # Pad-4 random crop + horizontal flip, on device.
@@ -54,9 +60,16 @@ def get_config(arg=None):
   # 'U' uniform in the ball, 'N' x + 0.001 N(0, I), 'none'.
   config.attack.train.init = 'U'
   config.attack.train.norm = 'linf'
+  # 'absolute': eps/step_size in input units. 'pnr' (radio): example i gets
+  # the L2 budget ‖x_i‖·10^((pnr − SNR_i)/20) and steps of relative_step·ε_i.
+  config.attack.train.budget = 'absolute'
+  config.attack.train.pnr = 0.0
+  config.attack.train.relative_step = 0.25
 
   config.optimizer = ml_collections.ConfigDict()
-  # SGD with momentum and coupled (PyTorch) weight decay.
+  # 'sgd': momentum and coupled (PyTorch) weight decay; 'adamw': decoupled
+  # decay, β = (0.9, 0.999) (momentum and nesterov unused).
+  config.optimizer.name = 'sgd'
   config.optimizer.lr = 0.1
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
@@ -94,7 +107,36 @@ def get_config(arg=None):
   # Which checkpoints to evaluate: 'last', 'best' or both.
   config.eval.checkpoints = 'last,best'
   config.eval.seed = 0
+  # The radio protocol (jard.evaluate_radio), used for radio sources.
+  config.eval.radio = ml_collections.ConfigDict()
+  # Reference PNR (dB) of the accuracy-vs-SNR curves and the summary table.
+  config.eval.radio.pnr = -10.0
+  # PNR sweep (dB) and the SNRs (dB) at which accuracy-vs-PNR is reported.
+  config.eval.radio.pnrs = '-20,-15,-10,-5,0'
+  config.eval.radio.snrs = '0,10'
+  config.eval.radio.steps = 10
+  config.eval.radio.relative_step = 0.25
+
+  # Frozen teachers by name (jard.teachers): model, checkpoint (empty: the
+  # teachers stage trains it with `recipe`), which, evaluate, recipe.
+  config.teachers = ml_collections.ConfigDict()
+  # Further students trained and evaluated next to this one: name -> config
+  # overrides (method/model groups replace the student's).
+  config.baselines = ml_collections.ConfigDict()
   return config
+
+
+def teacher(model_name: str, *, method: str, checkpoint: str = '',
+            which: str = 'best', evaluate: bool = True, **model_kwargs):
+  """A `config.teachers.<name>` entry trained with `method` if no checkpoint."""
+  spec = ml_collections.ConfigDict()
+  spec.model = ml_collections.ConfigDict(dict(name=model_name, **model_kwargs))
+  spec.checkpoint = checkpoint
+  spec.which = which
+  spec.evaluate = evaluate
+  spec.recipe = ml_collections.ConfigDict()
+  spec.recipe.method = ml_collections.ConfigDict({'name': method})
+  return spec
 
 
 def parse_arg(arg):

@@ -31,6 +31,7 @@ import numpy as np
 
 from jard import attacks
 from jard import data as data_lib
+from jard import evaluate_radio
 from jard import losses
 from jard import parallel
 
@@ -137,6 +138,25 @@ class Evaluator:
           np.stack(list(correct.values())), axis=0)))
     summary['num_examples'] = int(len(next(iter(correct.values()))))
     return summary
+
+
+def make_evaluator(config, model, *, selection: bool = False):
+  """The image suite's `Evaluator`, or the radio protocol's.
+
+  `selection=True` builds the per-epoch checkpoint-selection evaluator
+  (images: clean + `config.select.metric` only).
+  """
+  if data_lib.is_radio_spec(config.dataset.source or config.dataset.train):
+    radio = config.eval.radio
+    return evaluate_radio.RadioEvaluator(
+        model, mode=config.parallel, batch_size=config.eval.batch_size,
+        pnr=radio.pnr, steps=radio.steps, relative_step=radio.relative_step,
+        seed=config.eval.seed)
+  suite = (selection_suite(config) if selection
+           else config.eval.attacks)
+  return Evaluator(
+      model, suite, mode=config.parallel, batch_size=config.eval.batch_size,
+      epsilon=config.eval.epsilon, seed=config.eval.seed)
 
 
 def write_report(results: dict, directory: str, *, title: str) -> None:

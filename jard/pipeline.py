@@ -1,11 +1,19 @@
-"""The pipeline: train → eval stages, each resumable and skipped when done.
+"""The pipeline: teachers → train → eval stages, each resumable.
 
 Layout of a workdir:
 
     config.json          the resolved config
+    data/                generated data (the synthetic radio source's cache)
+    teachers/<name>/     a teacher's own run (config.json, train/, eval/), when
+                         the teachers stage trains it (`jard.teachers`)
     train/               checkpoints/, best/, metrics.jsonl, TensorBoard events,
                          COMPLETE (written when the stage finished)
-    eval/                results.json, results.md
+    baselines/<name>/    further students (config.baselines), each a run
+    eval/                results.json, results.md (images) or report.md +
+                         plots (radio)
+    report.md, results.json, *.png
+                         the comparison of teachers, baselines and the
+                         student, when there are any
 
 A stage is skipped when its completion record matches the config it would
 run with; a killed stage resumes from its last checkpoint.
@@ -23,7 +31,9 @@ from jard import data as data_lib
 from jard import evaluate
 from jard import methods
 from jard import models
+from jard import evaluate_radio
 from jard import parallel
+from jard import teachers as teacher_lib
 from jard import train as train_lib
 from jard import validation
 
@@ -49,14 +59,18 @@ def _mark_complete(stage_dir: str, record: dict) -> None:
       json.dump(record, f)
 
 
-def load_datasets(config):
+def load_datasets(config, data_dir: str = '.'):
   """Train, test and (optionally) held-out selection datasets."""
   ds = config.dataset
-  kw = dict(num_classes=ds.num_classes, image_size=ds.image_size)
-  train_ds = data_lib.load(ds.train, role='train', field='config.dataset.train',
-                           **kw)
-  test_ds = data_lib.load(ds.test, role='test', field='config.dataset.test',
-                          **kw)
+  kw = dict(num_classes=ds.num_classes, image_size=ds.image_size,
+            cache_dir=data_dir)
+  train_spec, train_field = ds.train, 'config.dataset.train'
+  test_spec, test_field = ds.test, 'config.dataset.test'
+  if ds.source:
+    train_spec = test_spec = ds.source
+    train_field = test_field = 'config.dataset.source'
+  train_ds = data_lib.load(train_spec, role='train', field=train_field, **kw)
+  test_ds = data_lib.load(test_spec, role='test', field=test_field, **kw)
   if ds.train_examples > 0:
     train_ds = train_ds.subset(slice(0, ds.train_examples), '[:n]')
   select_ds = test_ds
@@ -82,8 +96,17 @@ def build_model(config, num_classes):
                              bn_axis_name=parallel.AXIS, **kwargs)
 
 
-def run(config, workdir: str, *, stop_at_step=None) -> dict:
-  """Runs the configured stages; returns the eval results (if evaluated)."""
+def run(config, workdir: str, *, stop_at_step=None, datasets=None,
+        display_name: str = 'student') -> dict:
+  """Runs the configured stages; returns the eval results (if evaluated).
+
+  Args:
+    config: the resolved config (validated here).
+    workdir: the run's directory.
+    stop_at_step: stop the student's training after this step (tests).
+    datasets: `(train, test, select)` already loaded by a parent run.
+    display_name: the run's name in comparison reports.
+  """
   validation.validate(config)
   stages = validation.stages(config)
   os.makedirs(workdir, exist_ok=True)
@@ -93,12 +116,34 @@ def run(config, workdir: str, *, stop_at_step=None) -> dict:
   logging.info('JAX process %d/%d, %d local / %d global devices: %s',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices())
-  train_ds, test_ds, select_ds = load_datasets(config)
+  if datasets is None:
+    datasets = load_datasets(config, os.path.join(workdir, 'data'))
+  train_ds, test_ds, select_ds = datasets
   model = build_model(config, train_ds.num_classes)
   method = methods.get_method(config.method.name)
   train_dir = os.path.join(workdir, 'train')
   train_record = {'config': config.to_json_best_effort(sort_keys=True)}
-  results = {}
+  compared = {}  # display name -> (eval results, parameter count)
+
+  for name in config.teachers:
+    if config.teachers[name].checkpoint:
+      continue
+    teacher_cfg = teacher_lib.teacher_config(config, name)
+    teacher_cfg.stages = ','.join(
+        (['train'] if 'teachers' in stages else [])
+        + (['eval'] if config.teachers[name].evaluate and 'eval' in stages
+           else []))
+    if teacher_cfg.stages:
+      label = (f'teacher {name} ({teacher_cfg.method.name}/'
+               f'{teacher_cfg.model.name})')
+      logging.info('Stage teachers: %s.', label)
+      compared[label] = run(teacher_cfg,
+                            teacher_lib.teacher_workdir(workdir, name),
+                            datasets=datasets, display_name=label)
+  teachers = {}
+  if method.teachers and ('train' in stages or 'eval' in stages):
+    teachers = teacher_lib.build_teachers(
+        config, workdir, train_ds.images.shape[1:], train_ds.num_classes)
 
   if 'train' in stages:
     if _is_complete(train_dir, train_record):
@@ -106,25 +151,87 @@ def run(config, workdir: str, *, stop_at_step=None) -> dict:
     else:
       _, stats = train_lib.train(
           config, train_dir, model=model, method=method, train_ds=train_ds,
-          select_ds=select_ds, stop_at_step=stop_at_step)
+          select_ds=select_ds, teachers=teachers, stop_at_step=stop_at_step)
       if stop_at_step is not None:
-        return results
+        return {}
       if jax.process_index() == 0:
         with open(os.path.join(train_dir, 'train_stats.json'), 'w') as f:
           json.dump(stats, f, indent=2)
       _mark_complete(train_dir, train_record)
 
+  for name in config.baselines:
+    baseline_cfg = teacher_lib.derive_config(
+        config, config.baselines[name], field=f'config.baselines.{name}')
+    baseline_cfg.stages = ','.join(s for s in stages if s != 'teachers')
+    for teacher in baseline_cfg.teachers:  # Shared: this run's teachers.
+      baseline_cfg.teachers[teacher].checkpoint = (
+          teacher_lib.teacher_train_dir(config, teacher, workdir))
+      baseline_cfg.teachers[teacher].evaluate = False
+    label = (f'{name} ({baseline_cfg.method.name}/'
+             f'{baseline_cfg.model.name})')
+    logging.info('Baseline %s.', label)
+    compared[label] = run(baseline_cfg,
+                          os.path.join(workdir, 'baselines', name),
+                          datasets=datasets, display_name=label)
+
+  results = {}
   if 'eval' in stages:
     eval_dir = os.path.join(workdir, 'eval')
     if _is_complete(eval_dir, train_record):
       logging.info('Stage eval already complete; skipping.')
       with open(os.path.join(eval_dir, 'results.json')) as f:
-        return json.load(f)
-    results = evaluate_checkpoints(config, train_dir, model, test_ds)
-    evaluate.write_report(results, eval_dir,
-                          title=f'{config.method.name} / {config.model.name}')
-    _mark_complete(eval_dir, train_record)
+        results = json.load(f)
+    else:
+      results = evaluate_checkpoints(config, train_dir, model, test_ds)
+      _write_eval_report(config, results, eval_dir, display_name)
+      _mark_complete(eval_dir, train_record)
+  if compared and results:
+    compared[f'{display_name} ({config.method.name}/{config.model.name})'] = (
+        results)
+    write_comparison(config, compared, workdir)
   return results
+
+
+def _chosen(results: dict) -> dict:
+  """The checkpoint a comparison reports: best when kept, else last."""
+  return results.get('best') or results.get('last') or {}
+
+
+def _write_eval_report(config, results, eval_dir, display_name):
+  title = f'{display_name}: {config.method.name} / {config.model.name}'
+  if _is_radio(config):
+    for which, summary in results.items():
+      evaluate_radio.write_report(
+          {f'{display_name} ({which}, step {summary["step"]})':
+           summary['radio']}, os.path.join(eval_dir, which), title=title,
+          params_by_model={})
+    if jax.process_index() == 0:
+      with open(os.path.join(eval_dir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+  else:
+    evaluate.write_report(results, eval_dir, title=title)
+
+
+def write_comparison(config, compared: dict, workdir: str) -> None:
+  """The teachers/baselines/student comparison report in the workdir."""
+  if jax.process_index() > 0:
+    return
+  chosen = {name: _chosen(res) for name, res in compared.items()}
+  chosen = {name: res for name, res in chosen.items() if res}
+  if not chosen:
+    return
+  params = {name: res.get('num_params') for name, res in chosen.items()}
+  title = f'Comparison: {config.method.name} and its references'
+  if _is_radio(config):
+    evaluate_radio.write_report(
+        {name: res['radio'] for name, res in chosen.items()}, workdir,
+        title=title, params_by_model=params)
+    return
+  evaluate.write_report(chosen, workdir, title=title)
+
+
+def _is_radio(config) -> bool:
+  return data_lib.is_radio_spec(config.dataset.source or config.dataset.train)
 
 
 def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
@@ -136,10 +243,8 @@ def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
             'batch_stats': abstract.get('batch_stats', {})}
   ckpt = checkpoint.Checkpoints(train_dir, keep=config.keep_checkpoints,
                                 metric=config.select.metric or None)
-  evaluator = evaluate.Evaluator(
-      model, config.eval.attacks, mode=config.parallel,
-      batch_size=config.eval.batch_size, epsilon=config.eval.epsilon,
-      seed=config.eval.seed)
+  radio = _is_radio(config)
+  evaluator = evaluate.make_evaluator(config, model)
   results = {}
   try:
     wanted = [c.strip() for c in config.eval.checkpoints.split(',')]
@@ -158,10 +263,24 @@ def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
         found['best'] = (step, ckpt.best.restore(step, args=_partial(target)))
     for name, (step, variables) in found.items():
       logging.info('Evaluating the %s checkpoint (step %d).', name, step)
-      accuracy = evaluator.run(variables['params'], variables['batch_stats'],
-                               test_ds, config.eval.num_examples)
-      results[name] = {'step': int(step), 'accuracy': accuracy}
-      logging.info('%s: %s', name, accuracy)
+      summary = {'step': int(step),
+                 'num_params': teacher_lib.parameter_count(variables)}
+      if radio:
+        radio_cfg = config.eval.radio
+        summary['radio'] = evaluator.protocol(
+            variables['params'], variables['batch_stats'], test_ds,
+            pnrs=evaluate_radio.parse_numbers(radio_cfg.pnrs,
+                                              'config.eval.radio.pnrs'),
+            snrs=evaluate_radio.parse_numbers(radio_cfg.snrs,
+                                              'config.eval.radio.snrs'),
+            num_examples=config.eval.num_examples)
+        summary['accuracy'] = summary['radio']['accuracy']
+      else:
+        summary['accuracy'] = evaluator.run(
+            variables['params'], variables['batch_stats'], test_ds,
+            config.eval.num_examples)
+      results[name] = summary
+      logging.info('%s: %s', name, summary['accuracy'])
   finally:
     ckpt.close()
   return results

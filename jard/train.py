@@ -47,12 +47,17 @@ class TrainState:
   method_state: PyTree
 
 
-def make_optimizer(config, *, steps_per_epoch: int, total_steps: int):
-  """SGD with momentum and *coupled* weight decay, as PyTorch's `SGD`.
+OPTIMIZERS = ('sgd', 'adamw')
 
-  PyTorch adds `wd · w` to the gradient before the momentum buffer, on every
+
+def make_optimizer(config, *, steps_per_epoch: int, total_steps: int):
+  """`config.optimizer.name`: `'sgd'` (default) or `'adamw'`.
+
+  SGD has momentum and *coupled* weight decay, as PyTorch's `SGD`: PyTorch
+  adds `wd · w` to the gradient before the momentum buffer, on every
   parameter (BatchNorm scales and biases included); `add_decayed_weights`
-  before `sgd` is exactly that.
+  before `sgd` is exactly that. AdamW (for the transformers) decays
+  decoupled from the gradient, as PyTorch's `AdamW`, with β = (0.9, 0.999).
 
   Returns:
     `(tx, lr_fn)`.
@@ -61,6 +66,8 @@ def make_optimizer(config, *, steps_per_epoch: int, total_steps: int):
   lr_fn = schedules.make_schedule(
       config.schedule.name, base_lr=opt.lr, steps_per_epoch=steps_per_epoch,
       total_steps=total_steps, cfg=config.schedule.to_dict())
+  if opt.get('name', 'sgd') == 'adamw':
+    return optax.adamw(lr_fn, weight_decay=opt.weight_decay), lr_fn
   tx = optax.chain(
       optax.add_decayed_weights(opt.weight_decay),
       optax.sgd(lr_fn, momentum=opt.momentum or None, nesterov=opt.nesterov))
@@ -121,7 +128,8 @@ def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
                   epoch=state.step // steps_per_epoch,
                   state=state.method_state, teachers=teachers or {},
                   num_classes=num_classes, axis_name=parallel.AXIS)
-    inputs = {'image': images, 'label': batch['label']}
+    # Extras (radio: the per-example `snr`) pass through to the method.
+    inputs = dict(batch, image=images)
 
     def loss_fn(params):
       return method.loss(params, inputs, method_keys, ctx)
@@ -185,7 +193,7 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
   tx, lr_fn = make_optimizer(config, steps_per_epoch=spe,
                              total_steps=total_steps)
   hp = {k: v for k, v in config.method.to_dict().items() if k != 'name'}
-  attack = AttackSpec(**config.attack.train.to_dict())
+  attack = AttackSpec(**config.attack.train.to_dict(), bounds=train_ds.bounds)
   root_key = jax.random.key(config.seed)
   init_key, step_key = jax.random.split(root_key)
   state = create_train_state(model, tx, method, init_key,
@@ -212,9 +220,7 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
       donate_argnums=(0,))
   selector = None
   if select_ds is not None and config.select.metric:
-    selector = evaluate.Evaluator(
-        model, evaluate.selection_suite(config), mode=mode,
-        batch_size=config.eval.batch_size, seed=config.eval.seed)
+    selector = evaluate.make_evaluator(config, model, selection=True)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)

@@ -4,16 +4,24 @@ Each failure raises `ConfigError` with one message naming the field and the
 fix; `main.py` prints it without a traceback.
 """
 
+import os
+
 import jax
 
 from jard import attacks
+from jard import data as data_lib
 from jard import evaluate
+from jard import evaluate_radio
+from jard import losses
 from jard import methods
 from jard import models
 from jard import parallel
 from jard import schedules
+from jard import train as train_lib
+from jard.methods import atard
+from jard.methods import base as method_base
 
-STAGES = ('train', 'eval')
+STAGES = ('teachers', 'train', 'eval')
 
 
 class ConfigError(ValueError):
@@ -42,6 +50,98 @@ def stages(config) -> tuple[str, ...]:
   return names
 
 
+def _validate_radio(config) -> None:
+  data = config.dataset
+  if not data.source:
+    _check(data_lib.is_radio_spec(data.test),
+           f'config.dataset.test={data.test!r} must be a radio source too '
+           '(or set config.dataset.source for both).')
+  _check(not data.augment,
+         'config.dataset.augment=True crops and flips images; set it to False'
+         ' for radio sources.')
+  _check(config.attack.train.budget in method_base.BUDGETS,
+         f'config.attack.train.budget={config.attack.train.budget!r}; choose '
+         f'one of {method_base.BUDGETS}.')
+  _check(config.attack.train.budget == 'absolute'
+         or config.attack.train.norm == 'l2',
+         'config.attack.train.budget="pnr" is an L2 budget; set '
+         'config.attack.train.norm="l2".')
+  _check(config.select.metric in ('',) + evaluate_radio.SUITE,
+         f'config.select.metric={config.select.metric!r}; the radio protocol '
+         f'offers {evaluate_radio.SUITE} (or "" for no selection).')
+  for field in ('pnrs', 'snrs'):
+    try:
+      evaluate_radio.parse_numbers(config.eval.radio[field],
+                                   f'config.eval.radio.{field}')
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  _check(isinstance(config.eval.radio.steps, int)
+         and config.eval.radio.steps > 0,
+         f'config.eval.radio.steps={config.eval.radio.steps!r} must be a '
+         'positive int.')
+
+
+def _validate_teachers(config) -> None:
+  method = methods.METHODS[config.method.name]
+  missing = [t for t in method.teachers if t not in config.teachers]
+  _check(not missing,
+         f'config.method.name={config.method.name!r} needs teacher(s) '
+         f'{missing}; add config.teachers.<name> entries (see '
+         'configs/default.py, `teacher`).')
+  for name in config.teachers:
+    spec = config.teachers[name]
+    field = f'config.teachers.{name}'
+    for key in ('model', 'checkpoint', 'which', 'evaluate', 'recipe'):
+      _check(key in spec, f'{field}.{key} is missing; build teacher entries '
+             'with configs.default.teacher(...).')
+    _check(spec.model.name in models.MODELS,
+           f'{field}.model.name={spec.model.name!r} is not a registered model;'
+           f' choose one of {sorted(models.MODELS)}.')
+    _check(spec.which in ('best', 'last'),
+           f'{field}.which={spec.which!r}; use "best" or "last".')
+    if spec.checkpoint:
+      _check(os.path.isdir(spec.checkpoint),
+             f'{field}.checkpoint={spec.checkpoint!r} is not a directory; give'
+             ' a jard run workdir (or its train/ dir), or leave it empty to '
+             'train the teacher in the teachers stage.')
+    else:
+      recipe_method = spec.recipe.get('method', {}).get('name')
+      _check(recipe_method in methods.METHODS and not
+             methods.METHODS[recipe_method].teachers,
+             f'{field}.recipe.method.name={recipe_method!r} must name a '
+             'method without teachers (e.g. pgd_at) to train this teacher.')
+  for name in config.baselines:
+    method_name = config.baselines[name].get('method', {}).get(
+        'name', config.method.name)
+    _check(method_name in methods.METHODS,
+           f'config.baselines.{name}.method.name={method_name!r} is not a '
+           f'registered method; choose one of {sorted(methods.METHODS)}.')
+
+
+def _validate_atard(config) -> None:
+  hp = config.method
+  _check(hp.get('distill', 'attention') in atard.DISTILL,
+         f'config.method.distill={hp.get("distill")!r}; choose one of '
+         f'{atard.DISTILL}.')
+  try:
+    groups = losses.parse_layer_groups(hp.get('layer_groups', '1-3,4-6'))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  depth = lambda group: getattr(models.create_model(
+      group.name, config.dataset.num_classes,
+      **{k: v for k, v in group.items() if k != 'name'}), 'depth', None)
+  student_depth = depth(config.model)
+  _check(student_depth is None or len(groups) == student_depth,
+         f'config.method.layer_groups={hp.get("layer_groups")!r} has '
+         f'{len(groups)} groups for a {student_depth}-layer student; give one '
+         'teacher layer group per student layer.')
+  teacher_depth = depth(config.teachers[atard.TEACHER].model)
+  needed = max(max(g) for g in groups) + 1
+  _check(teacher_depth is None or needed <= teacher_depth,
+         f'config.method.layer_groups={hp.get("layer_groups")!r} uses teacher '
+         f'layer {needed}, but the teacher has {teacher_depth} layers.')
+
+
 def validate(config) -> None:
   """Checks names, ranges and divisibility; raises ConfigError."""
   _check(config.model.name in models.MODELS,
@@ -68,12 +168,26 @@ def validate(config) -> None:
   _check(isinstance(config.eval.epsilon, (int, float))
          and config.eval.epsilon >= 0,
          f'config.eval.epsilon={config.eval.epsilon!r} must be >= 0.')
-  try:
-    evaluate.check_suite(config.eval.attacks)
-    if config.select.metric:
-      evaluate.check_suite([config.select.metric], 'config.select.metric')
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  radio = data_lib.is_radio_spec(config.dataset.source or
+                                 config.dataset.train)
+  if radio:
+    _validate_radio(config)
+  else:
+    _check(train_attack.budget == 'absolute',
+           f'config.attack.train.budget={train_attack.budget!r} needs a radio '
+           'source (amc_synthetic, radioml:<path>); use "absolute" for images.')
+    try:
+      evaluate.check_suite(config.eval.attacks)
+      if config.select.metric:
+        evaluate.check_suite([config.select.metric], 'config.select.metric')
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  _check(config.optimizer.name in train_lib.OPTIMIZERS,
+         f'config.optimizer.name={config.optimizer.name!r}; choose one of '
+         f'{train_lib.OPTIMIZERS}.')
+  _validate_teachers(config)
+  if config.method.name == 'atard':
+    _validate_atard(config)
   for field in ('batch_size', 'eval.batch_size', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints',
                 'select.every_epochs'):

@@ -7,3 +7,5 @@ from jard.attacks.pgd import NORMS
 from jard.attacks.pgd import pgd
 from jard.attacks.pgd import project
 from jard.attacks.pgd import random_start
+from jard.attacks import radio
+from jard.attacks.radio import pnr_budget

@@ -1,4 +1,4 @@
-"""Data: sources (tfds, npz, folder), host batching, on-device augmentation."""
+"""Data: sources (tfds, npz, folder, radio), host batching, augmentation."""
 
 from jard.data.augment import augment
 from jard.data.augment import to_float
@@ -9,5 +9,6 @@ from jard.data.pipeline import steps_per_epoch
 from jard.data.pipeline import train_batches
 from jard.data.sources import DataError
 from jard.data.sources import ImageDataset
+from jard.data.sources import is_radio_spec
 from jard.data.sources import load
 from jard.data.sources import validate

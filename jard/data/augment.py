@@ -10,7 +10,9 @@ import jax.numpy as jnp
 
 
 def to_float(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [0, 1]."""
+  """uint8 [0, 255] -> float32 [0, 1]; float inputs (signals) pass through."""
+  if images.dtype != jnp.uint8:
+    return images.astype(jnp.float32)
   return images.astype(jnp.float32) / 255.0
 
 

@@ -43,7 +43,8 @@ def train_batches(ds: ImageDataset, *, global_batch: int, seed: int,
   """Yields this process's part of every training batch from `start_step`.
 
   Yields:
-    dicts with `image` uint8 `[b, H, W, C]` and `label` int32 `[b]`, where
+    dicts with `image` (uint8 `[b, H, W, C]`, or float32 signals), `label`
+    int32 `[b]` and the dataset's extras (radio: `snr`), where
     `b = global_batch / process_count`.
   """
   n = len(ds)
@@ -58,7 +59,8 @@ def train_batches(ds: ImageDataset, *, global_batch: int, seed: int,
     perm = epoch_permutation(n, seed, epoch)
     for p in range(position, per_epoch):
       idx = perm[p * global_batch:(p + 1) * global_batch][rows]
-      yield {'image': ds.images[idx], 'label': ds.labels[idx]}
+      yield {'image': ds.images[idx], 'label': ds.labels[idx],
+             **{k: v[idx] for k, v in ds.extras.items()}}
     step = (epoch + 1) * per_epoch
 
 
@@ -99,4 +101,5 @@ def eval_batches(ds: ImageDataset, *, global_batch: int,
     mask = (pos < n).astype(np.float32)
     idx = rows_to_eval[np.minimum(pos, n - 1)][rows]
     yield {'image': ds.images[idx], 'label': ds.labels[idx],
-           'mask': mask[rows], 'index': idx.astype(np.int32)}
+           'mask': mask[rows], 'index': idx.astype(np.int32),
+           **{k: v[idx] for k, v in ds.extras.items()}}

@@ -9,6 +9,14 @@ A source is named by a spec string (`config.dataset.train` / `.test`):
   `label` int `[N]` (read with `allow_pickle=False`).
 * `folder:<root>`: one subfolder per class (sorted names = class ids), image
   files inside (PNG/JPEG, read with Pillow through matplotlib's dependency).
+* `amc_synthetic[:per_key=N,seed=S,am_ssb=correct|faithful]`: the offline
+  RadioML-2016.10A look-alike (`amc_synthetic.py`), generated once and cached
+  under the run's data directory; 50/50 split stratified by (modulation, SNR).
+* `radioml:<path>`: the real `RML2016.10a_dict.pkl` (`radioml.py`, restricted
+  unpickler), with the same seeded stratified split.
+
+Radio sources hold float32 I/Q signals `[N, 2, 128]` (not images) and the
+per-example SNR labels in `extras['snr']`.
 
 Every source is checked by `validate` before any compilation: shape, dtype,
 value range, label range and class count, with errors that name the config
@@ -34,32 +42,119 @@ class ImageDataset:
   """A dataset held in host memory.
 
   Attributes:
-    images: uint8 `[N, H, W, C]`.
+    images: the inputs: uint8 images `[N, H, W, C]`, or float32 radio
+      signals `[N, 2, L]` (radio sources).
     labels: int32 `[N]`, in `[0, num_classes)`.
     num_classes: K.
     name: the spec it was loaded from.
+    extras: further per-example arrays `[N, ...]` that batches carry along
+      (radio: `snr`, int32 dB labels).
   """
   images: np.ndarray
   labels: np.ndarray
   num_classes: int
   name: str
+  extras: dict = dataclasses.field(default_factory=dict)
 
   def __len__(self):
     return len(self.labels)
 
+  @property
+  def is_signal(self) -> bool:
+    """True for float radio signals (unbounded, no image augmentation)."""
+    return self.images.dtype != np.uint8
+
+  @property
+  def bounds(self):
+    """The input range attacks must respect: [0, 1] images, none for signals."""
+    return None if self.is_signal else (0.0, 1.0)
+
   def subset(self, indices: np.ndarray, name_suffix: str) -> 'ImageDataset':
     return ImageDataset(self.images[indices], self.labels[indices],
-                        self.num_classes, self.name + name_suffix)
+                        self.num_classes, self.name + name_suffix,
+                        {k: v[indices] for k, v in self.extras.items()})
 
 
 def parse_spec(spec: str, field: str) -> tuple[str, str]:
   """Splits `kind:rest`, raising a DataError that names `field`."""
   kind, sep, rest = spec.partition(':')
-  if not sep or kind not in ('tfds', 'npz', 'folder') or not rest:
+  if kind == 'amc_synthetic':
+    return kind, rest
+  if not sep or kind not in ('tfds', 'npz', 'folder', 'radioml') or not rest:
     raise DataError(
         f'{field}={spec!r} is not a data source; use tfds:cifar10, '
-        'tfds:cifar100, npz:<path> or folder:<root>.')
+        'tfds:cifar100, npz:<path>, folder:<root>, amc_synthetic[:per_key=N]'
+        ' or radioml:<path>.')
   return kind, rest
+
+
+RADIO_KINDS = ('amc_synthetic', 'radioml')
+
+
+def is_radio_spec(spec: str) -> bool:
+  """Whether a source spec names radio signals (not images)."""
+  return spec.partition(':')[0] in RADIO_KINDS
+
+
+SYNTHETIC_OPTIONS = {'per_key': int, 'seed': int, 'am_ssb': str}
+
+
+def _synthetic_options(rest: str, field: str) -> dict:
+  """`'per_key=100,seed=1'` -> {'per_key': 100, 'seed': 1} (checked)."""
+  options = {'per_key': 1000, 'seed': 0, 'am_ssb': 'correct'}
+  for part in filter(None, (p.strip() for p in rest.split(','))):
+    key, sep, value = part.partition('=')
+    if not sep or key not in SYNTHETIC_OPTIONS:
+      raise DataError(f'{field}: bad amc_synthetic option {part!r}; use '
+                      f'key=value with keys {sorted(SYNTHETIC_OPTIONS)}.')
+    try:
+      options[key] = SYNTHETIC_OPTIONS[key](value)
+    except ValueError:
+      raise DataError(f'{field}: amc_synthetic option {key}={value!r} is not '
+                      f'a {SYNTHETIC_OPTIONS[key].__name__}.') from None
+  if options['per_key'] < 2:
+    raise DataError(f'{field}: amc_synthetic per_key={options["per_key"]} '
+                    'must be >= 2 (half of each key goes to the test set).')
+  if options['am_ssb'] not in ('correct', 'faithful'):
+    raise DataError(f'{field}: amc_synthetic am_ssb={options["am_ssb"]!r}; '
+                    'use correct or faithful.')
+  return options
+
+
+def _load_radio(kind: str, rest: str, role: str, field: str,
+                cache_dir: str):
+  """(signals, labels, snrs) of the `role` half of a radio source."""
+  # pylint: disable=g-import-not-at-top
+  if kind == 'radioml':
+    from jard.data import radioml
+    return radioml.load(rest, role=role, seed=0, field=field)
+  from jard.data import amc_synthetic
+  options = _synthetic_options(rest, field)
+  signals, labels, snrs = amc_synthetic.cached_generate(
+      cache_dir, options['per_key'], options['seed'],
+      am_ssb=options['am_ssb'])
+  train_idx, test_idx = amc_synthetic.stratified_split(
+      labels, snrs, seed=options['seed'])
+  idx = train_idx if role == 'train' else test_idx
+  return signals[idx], labels[idx], snrs[idx]
+
+
+def validate_signals(signals, labels, snrs, *, num_classes: int,
+                     field: str) -> None:
+  """Checks radio arrays: float32 `[N, 2, L]`, finite, labels and SNRs."""
+  if signals.ndim != 3 or signals.shape[1] != 2 or not len(signals):
+    raise DataError(f'{field}: radio signals must be a non-empty [N, 2, L] '
+                    f'I/Q array, got shape {signals.shape}.')
+  if signals.dtype != np.float32 or not np.all(np.isfinite(signals)):
+    raise DataError(f'{field}: radio signals must be finite float32 '
+                    f'(got {signals.dtype}).')
+  if labels.shape != (len(signals),) or snrs.shape != labels.shape:
+    raise DataError(f'{field}: labels {labels.shape} and SNRs {snrs.shape} '
+                    f'must both be [N] for {len(signals)} signals.')
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise DataError(
+        f'{field}: labels span [{labels.min()}, {labels.max()}] but config.'
+        f'dataset.num_classes={num_classes}; RadioML 2016.10A has 11 classes.')
 
 
 def _load_tfds(rest: str, role: str, field: str):
@@ -166,7 +261,7 @@ def validate(images, labels, *, num_classes: int, image_size: int,
 
 
 def load(spec: str, *, role: str, num_classes: int, image_size: int,
-         field: str) -> ImageDataset:
+         field: str, cache_dir: str = '.') -> ImageDataset:
   """Loads and validates a source.
 
   Args:
@@ -175,11 +270,20 @@ def load(spec: str, *, role: str, num_classes: int, image_size: int,
     num_classes: the configured class count, checked against the source.
     image_size: expected H = W.
     field: config field name used in error messages.
+    cache_dir: where generated (synthetic) data are cached.
 
   Returns:
     The validated `ImageDataset`.
   """
   kind, rest = parse_spec(spec, field)
+  if kind in ('amc_synthetic', 'radioml'):
+    signals, labels, snrs = _load_radio(kind, rest, role, field, cache_dir)
+    validate_signals(signals, labels, snrs, num_classes=num_classes,
+                     field=field)
+    logging.info('Loaded %s (%s half): %d signals.', spec, role, len(labels))
+    return ImageDataset(np.ascontiguousarray(signals, np.float32),
+                        labels.astype(np.int32), num_classes, spec,
+                        {'snr': snrs.astype(np.int32)})
   if kind == 'tfds':
     images, labels, source_classes = _load_tfds(rest, role, field)
   elif kind == 'npz':

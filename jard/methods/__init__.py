@@ -1,5 +1,6 @@
 """Method registry: name -> `Method` (see `jard.methods.base`)."""
 
+from jard.methods import atard
 from jard.methods import standard
 from jard.methods.base import AttackSpec
 from jard.methods.base import Context
@@ -11,6 +12,7 @@ METHODS = {
     'pgd_at': standard.PGD_AT,
     'trades': standard.TRADES,
     'mart': standard.MART,
+    'atard': atard.ATARD,
 }
 
 

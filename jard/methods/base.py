@@ -30,19 +30,43 @@ from jard.models import Outputs
 PyTree = Any
 
 
+BUDGETS = ('absolute', 'pnr')
+
+
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
-  """A PGD-family attack configuration (primitives only)."""
+  """A PGD-family attack configuration (primitives only).
+
+  `budget='absolute'`: ε and the step are in input units (images in [0, 1]).
+  `budget='pnr'` (radio signals): example `i` gets the L2 budget
+  `ε_i = ‖x_i‖·10^((pnr − SNR_i)/20)` and steps of `relative_step·ε_i`
+  (`attacks.radio`); `eps` and `step_size` are then unused. `bounds` is the
+  data range (`None` for unbounded signals); it comes from the dataset.
+  """
   eps: float = 8 / 255
   step_size: float = 2 / 255
   steps: int = 10
   init: str = 'U'
   norm: str = 'linf'
+  budget: str = 'absolute'
+  pnr: float = 0.0
+  relative_step: float = 0.25
+  bounds: Optional[tuple[float, float]] = (0.0, 1.0)
 
-  def pgd(self, loss_fn, x, keys, bounds=(0.0, 1.0)):
-    return attacks.pgd(loss_fn, x, keys, eps=self.eps,
-                       step_size=self.step_size, steps=self.steps,
-                       norm=self.norm, init=self.init, bounds=bounds)
+  def pgd(self, loss_fn, x, keys, batch=None):
+    """Runs the attack; `batch['snr']` `[B]` is needed for a PNR budget."""
+    eps, step_size = self.eps, self.step_size
+    if self.budget == 'pnr':
+      if batch is None or 'snr' not in batch:
+        raise ValueError(
+            'config.attack.train.budget="pnr" needs per-example SNR labels; '
+            'use a radio source (amc_synthetic, radioml:<path>) or budget='
+            '"absolute".')
+      eps = attacks.pnr_budget(x, batch['snr'], self.pnr)
+      step_size = self.relative_step * eps
+    return attacks.pgd(loss_fn, x, keys, eps=eps, step_size=step_size,
+                       steps=self.steps, norm=self.norm, init=self.init,
+                       bounds=self.bounds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +122,8 @@ class Context:
       return self.model.apply(variables, x, train=False), batch_stats
     outputs, updates = self.model.apply(variables, x, train=True,
                                         mutable=['batch_stats'])
-    return outputs, updates['batch_stats']
+    # Models without BatchNorm (the AMC transformers) return no collection.
+    return outputs, updates.get('batch_stats', {})
 
   def logits_fn(self, params, *, train: bool = False):
     """`x -> logits` with stopped parameters, for attacks' inner loops."""

@@ -31,7 +31,7 @@ def pgd_at_loss(params, batch, keys, ctx):
   x, y = batch['image'], batch['label']
   logits_fn = ctx.logits_fn(params)
   x_adv = ctx.attack.pgd(lambda z: losses.cross_entropy(logits_fn(z), y), x,
-                         keys)
+                         keys, batch)
   outputs, batch_stats = ctx.apply(params, x_adv, train=True)
   loss = jnp.mean(losses.cross_entropy(outputs.logits, y))
   metrics = {'adv_accuracy': accuracy(outputs.logits, y)}
@@ -53,7 +53,7 @@ def trades_loss(params, batch, keys, ctx):
   x_adv = ctx.attack.pgd(
       lambda z: losses.kl_divergence(clean_probs,
                                      jax.nn.log_softmax(logits_fn(z))),
-      x, keys)
+      x, keys, batch)
   clean, batch_stats = ctx.apply(params, x, train=True)
   adv, batch_stats = ctx.apply(params, x_adv, train=True,
                                batch_stats=batch_stats)
@@ -78,7 +78,7 @@ def mart_loss(params, batch, keys, ctx):
   beta = ctx.hp.get('beta', 6.0)
   logits_fn = ctx.logits_fn(params)
   x_adv = ctx.attack.pgd(lambda z: losses.cross_entropy(logits_fn(z), y), x,
-                         keys)
+                         keys, batch)
   clean, batch_stats = ctx.apply(params, x, train=True)
   adv, batch_stats = ctx.apply(params, x_adv, train=True,
                                batch_stats=batch_stats)

@@ -1,9 +1,11 @@
 """Model registry: name -> constructor(num_classes, **kwargs) -> nn.Module.
 
-Every model maps raw [0, 1] NHWC images to an `Outputs` struct via
+Every model maps its raw inputs (CNNs: [0, 1] NHWC images; the AMC
+transformers: `[B, 2, 128]` I/Q vectors) to an `Outputs` struct via
 `model.apply(variables, x, train=...)`.
 """
 
+from jard.models import amc_transformer
 from jard.models import mobilenet_v2
 from jard.models import preact_resnet
 from jard.models import resnet
@@ -26,6 +28,11 @@ MODELS = {
     'wrn22_6': wide_resnet.wrn22_6,
     'wrn70_16': wide_resnet.wrn70_16,
     'wrn70_16_dm': wide_resnet.wrn70_16_dm,
+    # Radio-signal transformers (ATARD); width/depth/heads/mlp_dim/patch are
+    # overridable through config.model.
+    'amc_transformer': amc_transformer.AMCTransformer,
+    'amc_teacher': amc_transformer.amc_teacher,
+    'amc_student': amc_transformer.amc_student,
 }
 
 
