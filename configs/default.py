@@ -42,6 +42,10 @@ def get_config(arg=None):
   # Hold out N training examples (seeded) for checkpoint selection; 0 selects
   # on the test set, as the baselines' released code does.
   config.dataset.holdout = 0
+  # Radio only: train on examples with SNR >= this (dB); the test set keeps
+  # every SNR. Noise-level examples teach little (torchsig's RadioML loader
+  # trains from -2 dB by default). -100: all.
+  config.dataset.min_train_snr = -100
 
   config.model = ml_collections.ConfigDict()
   # A key of jard.models.MODELS; other fields here are constructor kwargs.

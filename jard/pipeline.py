@@ -71,6 +71,13 @@ def load_datasets(config, data_dir: str = '.'):
     train_field = test_field = 'config.dataset.source'
   train_ds = data_lib.load(train_spec, role='train', field=train_field, **kw)
   test_ds = data_lib.load(test_spec, role='test', field=test_field, **kw)
+  if 'snr' in train_ds.extras and ds.min_train_snr > -100:
+    keep = np.flatnonzero(train_ds.extras['snr'] >= ds.min_train_snr)
+    if not len(keep):
+      raise data_lib.DataError(
+          f'config.dataset.min_train_snr={ds.min_train_snr} leaves no '
+          'training examples; lower it.')
+    train_ds = train_ds.subset(keep, f'[snr>={ds.min_train_snr}]')
   if ds.train_examples > 0:
     train_ds = train_ds.subset(slice(0, ds.train_examples), '[:n]')
   select_ds = test_ds

@@ -15,7 +15,10 @@ CONFIGS = {
     'pgd_at': [None, 'quick', 'init=N'],
     'trades': [None, 'quick', 'model=resnet18'],
     'mart': [None, 'quick', 'wrn', 'wrn,quick'],
+    'atard': [None, 'quick', 'distill=logits', 'distill=both,quick'],
+    'quickstart': [None, 'quick'],
 }
+RADIO = ('atard', 'quickstart')
 
 
 @pytest.mark.parametrize('name,arg', [(n, a) for n, args in CONFIGS.items()
@@ -27,10 +30,16 @@ def test_config_loads_and_validates(name, arg):
   validation.validate(config)
   assert config.model.name in models.MODELS
   assert config.method.name in methods.METHODS
-  evaluate.check_suite(config.eval.attacks)
   json.loads(config.to_json())  # primitives only
+  if name in RADIO:
+    assert config.dataset.source.startswith('amc_synthetic')
+    assert config.attack.train.budget == 'pnr'
+    assert 'robust' in config.teachers and 'at' in config.baselines
+  else:
+    evaluate.check_suite(config.eval.attacks)
   if arg and 'quick' in arg:
-    assert config.model.name == 'resnet8' and config.num_train_steps <= 8
+    tiny = 'amc_transformer' if name in RADIO else 'resnet8'
+    assert config.model.name == tiny and config.num_train_steps <= 8
 
 
 def test_paper_hyperparameters():
@@ -50,6 +59,20 @@ def test_paper_hyperparameters():
           pgd.attack.train.init, pgd.num_epochs) == (10, 2 / 255, 'U', 110)
   assert importlib.import_module('configs.pgd_at').get_config(
       'init=N').attack.train.init == 'N'
+
+
+def test_atard_paper_setting():
+  config = importlib.import_module('configs.atard').get_config()
+  assert config.dataset.source == 'amc_synthetic:per_key=1000'
+  assert (config.model.name, config.teachers.robust.model.name) == (
+      'amc_student', 'amc_teacher')
+  assert config.method.layer_groups == '1-3,4-6'
+  assert config.teachers.robust.recipe.method.name == 'pgd_at'
+  assert config.baselines.at.method.name == 'pgd_at'
+  assert config.attack.train.norm == 'l2' and not config.dataset.augment
+  logits = importlib.import_module('configs.atard').get_config(
+      'distill=logits')
+  assert (logits.method.distill, logits.method.alpha) == ('logits', 1.0)
 
 
 def test_default_defines_every_field():
