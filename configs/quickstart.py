@@ -23,7 +23,8 @@ from configs import default
 def get_config(arg=None):
   args = default.parse_arg(arg)
   config = atard.get_config()
-  config.dataset.source = 'amc_synthetic:per_key=200'
+  config.dataset.source = 'amc_synthetic:per_key=400'
+  config.dataset.min_train_snr = 0
   config.model = ml_collections.ConfigDict({
       'name': 'amc_transformer', 'width': 48, 'depth': 2, 'heads': 4,
       'mlp_dim': 96})
@@ -31,7 +32,9 @@ def get_config(arg=None):
       'name': 'amc_transformer', 'width': 64, 'depth': 6, 'heads': 4,
       'mlp_dim': 128})
   config.batch_size = 128
-  config.num_epochs = 4
+  config.num_epochs = 8
+  config.method.beta = 3000.0
+  config.teachers.robust.recipe.num_epochs = 4
   config.attack.train.steps = 3
   config.attack.train.relative_step = 0.5
   config.optimizer.lr = 2e-3

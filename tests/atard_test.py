@@ -14,6 +14,7 @@ from jard import attacks
 from jard import losses
 from jard import models
 from jard import pipeline
+from jard import teachers as teacher_lib
 from jard import validation
 from jard.methods import AttackSpec
 from jard.methods import Context
@@ -286,3 +287,19 @@ def test_atard_quick_pipeline_end_to_end(tmp_path):
   # A second run skips everything and returns the same results.
   again = pipeline.run(atard_config.get_config('quick'), workdir)
   assert again == json.loads(json.dumps(results))
+  # The trained teacher loads read-only from its workdir (as a checkpoint
+  # given by a user would), with the parameter count the report shows.
+  spec = config.teachers.robust
+  model = teacher_lib.build_model(spec, 11)
+  variables = teacher_lib.load_variables(
+      os.path.join(workdir, 'teachers', 'robust', 'train'), model, (2, 128))
+  count = teacher_lib.parameter_count(variables)
+  assert any(r['num_params'] == count for r in [
+      json.load(open(os.path.join(workdir, 'teachers', 'robust', 'eval',
+                                  'results.json')))['last']])
+  with pytest.raises(FileNotFoundError, match='no jard checkpoints'):
+    teacher_lib.load_variables(str(tmp_path), model, (2, 128))
+  given = atard_config.get_config('quick')
+  given.teachers.robust.checkpoint = str(tmp_path / 'missing')
+  with pytest.raises(validation.ConfigError, match='not a directory'):
+    validation.validate(given)
