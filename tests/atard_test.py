@@ -11,6 +11,7 @@ import pytest
 
 from configs import atard as atard_config
 from jard import attacks
+from jard import data as data_lib
 from jard import losses
 from jard import models
 from jard import pipeline
@@ -303,3 +304,27 @@ def test_atard_quick_pipeline_end_to_end(tmp_path):
   given.teachers.robust.checkpoint = str(tmp_path / 'missing')
   with pytest.raises(validation.ConfigError, match='not a directory'):
     validation.validate(given)
+
+
+def test_radio_source_specs(tmp_path):
+  kw = dict(num_classes=11, image_size=32, cache_dir=str(tmp_path))
+  train = data_lib.load('amc_synthetic:per_key=4,seed=3', role='train',
+                        field='config.dataset.source', **kw)
+  test = data_lib.load('amc_synthetic:per_key=4,seed=3', role='test',
+                       field='config.dataset.source', **kw)
+  assert train.images.shape == (440, 2, 128) and train.is_signal
+  assert train.bounds is None and train.extras['snr'].dtype == np.int32
+  # Halves of one generated set: 2 per (modulation, SNR) key each, disjoint.
+  for ds in (train, test):
+    pairs = set(zip(ds.labels.tolist(), ds.extras['snr'].tolist()))
+    assert len(pairs) == 220
+  assert not set(map(bytes, train.images)) & set(map(bytes, test.images))
+  assert len(os.listdir(tmp_path)) == 1  # generated once, cached
+  sub = train.subset(np.arange(5), '[:5]')
+  np.testing.assert_array_equal(sub.extras['snr'], train.extras['snr'][:5])
+  for spec, match in [('amc_synthetic:per_key=x', 'not a int'),
+                      ('amc_synthetic:size=3', 'bad amc_synthetic option'),
+                      ('amc_synthetic:am_ssb=maybe', 'am_ssb'),
+                      ('radioml:' + str(tmp_path / 'no.pkl'), 'no.pkl')]:
+    with pytest.raises(data_lib.DataError, match=match):
+      data_lib.load(spec, role='train', field='config.dataset.source', **kw)
