@@ -62,7 +62,7 @@ def atard_loss(params, batch, keys, ctx):
     groups = losses.parse_layer_groups(hp.get('layer_groups', '1-3,4-6'))
     attention = losses.attention_map_loss(
         student.attention, teacher(x_adv).attention, groups)
-    loss = loss + hp.get('beta', 100.0) * attention
+    loss = loss + hp.get('beta', 3000.0) * attention
     metrics['attention_loss'] = jnp.mean(attention)
   alpha = hp.get('alpha', 0.0) if distill == 'both' else (
       hp.get('alpha', 1.0) if distill == 'logits' else 0.0)
