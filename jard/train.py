@@ -30,6 +30,7 @@ from jard import schedules
 from jard.methods import AttackSpec
 from jard.methods import Context
 from jard.methods import Method
+from jard.methods import Teacher
 
 PyTree = Any
 
@@ -107,14 +108,25 @@ def example_keys(key: jax.Array, batch_size: int) -> jax.Array:
 def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
                     steps_per_epoch: int, num_classes: int,
                     augment: bool = True, teachers=None):
-  """Builds the per-device step `(state, batch, base_key) -> (state, metrics)`.
+  """Builds the per-device step.
 
-  `batch` holds this device's `image` (uint8 `[b, H, W, C]`) and `label`.
-  Run it through `parallel.compile_spmd`.
+  `(state, batch, base_key[, teacher_variables]) -> (state, metrics)`, where
+  `batch` holds this device's `image` (uint8 `[b, H, W, C]`, or float
+  signals), `label` and any extras. `teachers` (name -> `Teacher`) give the
+  teacher modules; their variables are an *argument* of the step
+  (`teacher_variables`, name -> variables, replicated), not constants baked
+  into the compiled program, so a 267M-parameter teacher costs no compile
+  time and exists once in device memory. Without the argument the teachers'
+  own variables are used. Run it through `parallel.compile_spmd`.
   """
   hp = flax.core.FrozenDict(hp)
+  teachers = dict(teachers or {})
 
-  def step_fn(state: TrainState, batch, base_key):
+  def step_fn(state: TrainState, batch, base_key, teacher_variables=None):
+    if teacher_variables is None:
+      teacher_variables = {n: t.variables for n, t in teachers.items()}
+    frozen = {n: Teacher(t.model, teacher_variables[n])
+              for n, t in teachers.items()}
     # The base key is constant; folding in the step makes every step's
     # randomness a function of the step alone, so resuming reproduces it.
     key = jax.random.fold_in(base_key, state.step)
@@ -126,7 +138,7 @@ def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
     ctx = Context(model=model, batch_stats=state.batch_stats, hp=hp,
                   attack=attack, step=state.step,
                   epoch=state.step // steps_per_epoch,
-                  state=state.method_state, teachers=teachers or {},
+                  state=state.method_state, teachers=frozen,
                   num_classes=num_classes, axis_name=parallel.AXIS)
     # Extras (radio: the per-example `snr`) pass through to the method.
     inputs = dict(batch, image=images)
@@ -216,8 +228,10 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
       augment=config.dataset.augment, teachers=teachers)
   # Donated: the loop never reuses the previous state.
   jit_train_step = parallel.compile_spmd(
-      step_fn, mode=mode, sharded_in=(False, True, False), sharded_out=False,
-      donate_argnums=(0,))
+      step_fn, mode=mode, sharded_in=(False, True, False, False),
+      sharded_out=False, donate_argnums=(0,))
+  teacher_variables = parallel.replicate(
+      {name: t.variables for name, t in (teachers or {}).items()})
   selector = None
   if select_ds is not None and config.select.metric:
     selector = evaluate.make_evaluator(config, model, selection=True)
@@ -266,7 +280,8 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
   try:
     for step in range(start_step, total_steps):
       batch = parallel.shard_batch(next(batches), mode)
-      state, metrics = jit_train_step(state, batch, step_key)
+      state, metrics = jit_train_step(state, batch, step_key,
+                                      teacher_variables)
       history.append(metrics)
       timed_steps += 1
       if step == start_step:
