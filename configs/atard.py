@@ -73,27 +73,22 @@ def radio(config):
   return config
 
 
+def transformer(width: int, depth: int, heads: int, mlp_dim: int):
+  """A `config.model` group for an `amc_transformer` of this size."""
+  return ml_collections.ConfigDict({
+      'name': 'amc_transformer', 'width': width, 'depth': depth,
+      'heads': heads, 'mlp_dim': mlp_dim})
+
+
 def quick(config):
   """A tiny radio run for tests: 1-layer student, 2-layer teacher, 4 steps."""
+  default.quick(config)
   config.dataset.source = 'amc_synthetic:per_key=4'
-  config.model = ml_collections.ConfigDict({
-      'name': 'amc_transformer', 'width': 16, 'depth': 1, 'heads': 2,
-      'mlp_dim': 32})
-  config.teachers.robust.model = ml_collections.ConfigDict({
-      'name': 'amc_transformer', 'width': 16, 'depth': 2, 'heads': 2,
-      'mlp_dim': 32})
+  config.model = transformer(16, 1, 2, 32)
+  config.teachers.robust.model = transformer(16, 2, 2, 32)
   if config.method.name == 'atard':
     config.method.layer_groups = '1-2'
-  config.batch_size = 32
-  config.num_epochs = 1
-  config.num_train_steps = 4
-  config.log_every_steps = 2
-  config.checkpoint_every_steps = 2
-  config.attack.train.steps = 2
   config.select.metric = ''
-  config.eval.batch_size = 32
-  config.eval.num_examples = 64
   config.eval.radio.pnrs = '-10,0'
   config.eval.radio.steps = 2
-  config.progress_bar = False
   return config

@@ -16,8 +16,6 @@ the evaluation on a 3000-example test subset. The timing and results of
 a run are in `benchmarks/results/quickstart.md`.
 """
 
-import ml_collections
-
 from configs import atard
 from configs import default
 
@@ -27,12 +25,8 @@ def get_config(arg=None):
   config = atard.get_config()
   config.dataset.source = 'amc_synthetic:per_key=400'
   config.dataset.min_train_snr = 0
-  config.model = ml_collections.ConfigDict({
-      'name': 'amc_transformer', 'width': 48, 'depth': 2, 'heads': 4,
-      'mlp_dim': 96})
-  config.teachers.robust.model = ml_collections.ConfigDict({
-      'name': 'amc_transformer', 'width': 64, 'depth': 6, 'heads': 4,
-      'mlp_dim': 128})
+  config.model = atard.transformer(48, 2, 4, 96)
+  config.teachers.robust.model = atard.transformer(64, 6, 4, 128)
   config.batch_size = 128
   # The teacher gets most of the budget: ATARD assumes a teacher more robust
   # than the student, and distillation is what must make a briefly trained

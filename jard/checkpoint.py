@@ -101,3 +101,20 @@ def load_latest(directory: str, target: PyTree) -> PyTree:
   if state is None:
     raise FileNotFoundError(f'no checkpoint under {directory!r}.')
   return state
+
+
+def variables_restore_args(model, input_shape) -> ocp.args.PyTreeRestore:
+  """Restore args that read only `params` and `batch_stats` of a saved state.
+
+  Evaluation and frozen teachers need the model variables, not the
+  optimizer or method state, so the rest of the `TrainState` is skipped.
+  """
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jax.numpy.zeros((1,) + tuple(input_shape)),
+      train=False))
+  target = _abstract({'params': abstract['params'],
+                      'batch_stats': abstract.get('batch_stats', {})})
+  return ocp.args.PyTreeRestore(
+      item=target,
+      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), target),
+      partial_restore=True)

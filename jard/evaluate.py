@@ -146,7 +146,7 @@ def make_evaluator(config, model, *, selection: bool = False):
   `selection=True` builds the per-epoch checkpoint-selection evaluator
   (images: clean + `config.select.metric` only).
   """
-  if data_lib.is_radio_spec(config.dataset.source or config.dataset.train):
+  if data_lib.is_radio_config(config.dataset):
     radio = config.eval.radio
     return evaluate_radio.RadioEvaluator(
         model, mode=config.parallel, batch_size=config.eval.batch_size,

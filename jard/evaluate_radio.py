@@ -10,8 +10,9 @@ For one model the protocol measures, per test example:
   * `fgm` and `pgd` at every PNR of a sweep, on the examples of a few SNRs
     (accuracy vs PNR at those SNRs).
 
-The PNR is a traced argument of one compiled function, so a sweep compiles
-once. Every example's random start is folded from its row index, so results
+The PNR is a traced argument of the compiled attack function, so a sweep
+compiles once, and clean accuracy and the gradient norm (which do not depend
+on the PNR) are computed once per example. Every example's random start is folded from its row index, so results
 do not depend on the batch size or the device count.
 """
 
@@ -58,47 +59,68 @@ class RadioEvaluator:
     self.key = jax.random.key(seed)
     self.suite = SUITE
 
-    def eval_fn(variables, batch, key, pnr_db):
-      x, y, snr = batch['image'], batch['label'], batch['snr']
-      keys = jax.vmap(jax.random.fold_in, (None, 0))(key, batch['index'])
+    def logits_and_ce(variables, batch):
+      y = batch['label']
       logits_fn = lambda z: model.apply(variables, z, train=False).logits
-      ce = lambda z: losses.cross_entropy(logits_fn(z), y)
-      correct = lambda z: (jnp.argmax(logits_fn(z), -1) == y).astype(
-          jnp.float32)
+      return logits_fn, lambda z: losses.cross_entropy(logits_fn(z), y)
+
+    def correct(logits_fn, z, y):
+      return (jnp.argmax(logits_fn(z), -1) == y).astype(jnp.float32)
+
+    # Clean accuracy and the gradient norm do not depend on the PNR, so a
+    # sweep runs only the attacks.
+    def clean_fn(variables, batch):
+      logits_fn, ce = logits_and_ce(variables, batch)
+      x = batch['image']
       grad = jax.grad(lambda z: jnp.sum(ce(z)))(x)
-      x_fgm = attacks.radio.fgm(ce, x, snr, pnr_db=pnr_db)
-      x_pgd = attacks.radio.pgd(ce, x, keys, snr, pnr_db=pnr_db, steps=steps,
-                                relative_step=relative_step)
-      return {'clean': correct(x), 'fgm': correct(x_fgm),
-              'pgd': correct(x_pgd),
+      return {'clean': correct(logits_fn, x, batch['label']),
               'grad_norm': jnp.sqrt(jnp.sum(jnp.square(
                   grad.reshape(grad.shape[0], -1)), axis=-1))}
 
-    self._step = parallel.compile_spmd(
-        eval_fn, mode=mode, sharded_in=(False, True, False, False),
+    def attack_fn(variables, batch, key, pnr_db):
+      logits_fn, ce = logits_and_ce(variables, batch)
+      x, y, snr = batch['image'], batch['label'], batch['snr']
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(key, batch['index'])
+      x_fgm = attacks.radio.fgm(ce, x, snr, pnr_db=pnr_db)
+      x_pgd = attacks.radio.pgd(ce, x, keys, snr, pnr_db=pnr_db, steps=steps,
+                                relative_step=relative_step)
+      return {'fgm': correct(logits_fn, x_fgm, y),
+              'pgd': correct(logits_fn, x_pgd, y)}
+
+    self._clean = parallel.compile_spmd(
+        clean_fn, mode=mode, sharded_in=(False, True), sharded_out=True)
+    self._attack = parallel.compile_spmd(
+        attack_fn, mode=mode, sharded_in=(False, True, False, False),
         sharded_out=True)
 
   def per_example(self, params, batch_stats, ds: data_lib.ImageDataset, *,
-                  pnr: Optional[float] = None) -> dict[str, np.ndarray]:
-    """`{clean, fgm, pgd: [N] bool, grad_norm: [N], snr: [N]}` over `ds`."""
+                  pnr: Optional[float] = None,
+                  clean: bool = True) -> dict[str, np.ndarray]:
+    """Per-example results over `ds` at `pnr` (default: the reference).
+
+    Returns:
+      `{fgm, pgd: [N] bool, snr: [N]}`, plus `clean` `[N]` bool and
+      `grad_norm` `[N]` when `clean`.
+    """
     if 'snr' not in ds.extras:
       raise ValueError(f'{ds.name} has no SNR labels; the radio protocol '
                        'needs a radio source (amc_synthetic, radioml:).')
     variables = {'params': params, 'batch_stats': batch_stats}
     pnr = jnp.asarray(self.pnr if pnr is None else pnr, jnp.float32)
-    out = {name: [] for name in self.suite + ('grad_norm', 'snr')}
+    out = {}
     for batch in data_lib.eval_batches(
         ds, global_batch=self.batch_size, process_index=jax.process_index(),
         process_count=jax.process_count()):
       mask = parallel.gather_host(batch.pop('mask')) > 0
-      snr = parallel.gather_host(batch['snr'])
-      result = self._step(variables, parallel.shard_batch(batch, self.mode),
-                          self.key, pnr)
-      for name in self.suite:
-        out[name].append(parallel.to_host(result[name], self.mode)[mask] > 0.5)
-      out['grad_norm'].append(
-          parallel.to_host(result['grad_norm'], self.mode)[mask])
-      out['snr'].append(snr[mask])
+      out.setdefault('snr', []).append(parallel.gather_host(batch['snr'])[mask])
+      batch = parallel.shard_batch(batch, self.mode)
+      result = self._attack(variables, batch, self.key, pnr)
+      if clean:
+        result.update(self._clean(variables, batch))
+      for name, value in result.items():
+        value = parallel.to_host(value, self.mode)[mask]
+        out.setdefault(name, []).append(value if name == 'grad_norm'
+                                        else value > 0.5)
     return {k: np.concatenate(v) for k, v in out.items()}
 
   def run(self, params, batch_stats, ds, num_examples: int = -1) -> dict:
@@ -131,14 +153,17 @@ class RadioEvaluator:
     sweep_rows = np.flatnonzero(np.isin(base.extras['snr'], snrs))
     if len(sweep_rows):
       sweep_ds = base.subset(sweep_rows, '[sweep]')
-      curves = {float(s): {'pnr': list(map(float, pnrs)), 'fgm': [], 'pgd': []}
-                for s in snrs if np.any(sweep_ds.extras['snr'] == s)}
+      sweep_snr = sweep_ds.extras['snr']
+      curves = {float(s): {'pnr': list(map(float, pnrs)), 'fgm': [], 'pgd': [],
+                           'clean': float(np.mean(
+                               full['clean'][sweep_rows][sweep_snr == s])),
+                           'num_examples': int(np.sum(sweep_snr == s))}
+                for s in snrs if np.any(sweep_snr == s)}
       for pnr in pnrs:
-        correct = self.per_example(params, batch_stats, sweep_ds, pnr=pnr)
+        correct = self.per_example(params, batch_stats, sweep_ds, pnr=pnr,
+                                   clean=False)
         for s, curve in curves.items():
           sel = correct['snr'] == s
-          curve['clean'] = float(np.mean(correct['clean'][sel]))
-          curve['num_examples'] = int(np.sum(sel))
           for name in ('fgm', 'pgd'):
             curve[name].append(float(np.mean(correct[name][sel])))
       results['vs_pnr'] = {f'{s:g}': c for s, c in curves.items()}

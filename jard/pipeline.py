@@ -30,8 +30,8 @@ from jard import checkpoint
 from jard import data as data_lib
 from jard import evaluate
 from jard import methods
-from jard import models
 from jard import evaluate_radio
+from jard import models
 from jard import parallel
 from jard import teachers as teacher_lib
 from jard import train as train_lib
@@ -206,12 +206,12 @@ def _chosen(results: dict) -> dict:
 
 def _write_eval_report(config, results, eval_dir, display_name):
   title = f'{display_name}: {config.method.name} / {config.model.name}'
-  if _is_radio(config):
+  if data_lib.is_radio_config(config.dataset):
     for which, summary in results.items():
+      name = f'{display_name} ({which}, step {summary["step"]})'
       evaluate_radio.write_report(
-          {f'{display_name} ({which}, step {summary["step"]})':
-           summary['radio']}, os.path.join(eval_dir, which), title=title,
-          params_by_model={})
+          {name: summary['radio']}, os.path.join(eval_dir, which),
+          title=title, params_by_model={name: summary['num_params']})
     if jax.process_index() == 0:
       with open(os.path.join(eval_dir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=2, sort_keys=True)
@@ -229,7 +229,7 @@ def write_comparison(config, compared: dict, workdir: str) -> None:
     return
   params = {name: res.get('num_params') for name, res in chosen.items()}
   title = f'Comparison: {config.method.name} and its references'
-  if _is_radio(config):
+  if data_lib.is_radio_config(config.dataset):
     evaluate_radio.write_report(
         {name: res['radio'] for name, res in chosen.items()}, workdir,
         title=title, params_by_model=params)
@@ -237,20 +237,13 @@ def write_comparison(config, compared: dict, workdir: str) -> None:
   evaluate.write_report(chosen, workdir, title=title)
 
 
-def _is_radio(config) -> bool:
-  return data_lib.is_radio_spec(config.dataset.source or config.dataset.train)
-
-
 def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
   """Runs the eval suite on the last and (when kept) best checkpoints."""
-  abstract = jax.eval_shape(
-      lambda: train_lib.init_variables(model, jax.random.key(0),
-                                       test_ds.images.shape[1:]))
-  target = {'params': abstract['params'],
-            'batch_stats': abstract.get('batch_stats', {})}
+  restore_args = checkpoint.variables_restore_args(
+      model, test_ds.images.shape[1:])
   ckpt = checkpoint.Checkpoints(train_dir, keep=config.keep_checkpoints,
                                 metric=config.select.metric or None)
-  radio = _is_radio(config)
+  radio = data_lib.is_radio_config(config.dataset)
   evaluator = evaluate.make_evaluator(config, model)
   results = {}
   try:
@@ -262,12 +255,12 @@ def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
         raise FileNotFoundError(
             f'no training checkpoint under {train_dir}; run the train stage '
             'first (add it to config.stages).')
-      found['last'] = (step, ckpt.latest.restore(step, args=_partial(target)))
+      found['last'] = (step, ckpt.latest.restore(step, args=restore_args))
     if 'best' in wanted and ckpt.best is not None:
       ckpt.best.wait_until_finished()
       step = ckpt.best.best_step()
       if step is not None and step != found.get('last', (None,))[0]:
-        found['best'] = (step, ckpt.best.restore(step, args=_partial(target)))
+        found['best'] = (step, ckpt.best.restore(step, args=restore_args))
     for name, (step, variables) in found.items():
       logging.info('Evaluating the %s checkpoint (step %d).', name, step)
       summary = {'step': int(step),
@@ -292,12 +285,3 @@ def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
     ckpt.close()
   return results
 
-
-def _partial(target):
-  """Restore args that read only `params` and `batch_stats` of a state."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  return ocp.args.PyTreeRestore(
-      item=abstract,
-      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), abstract),
-      partial_restore=True)

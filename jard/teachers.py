@@ -27,7 +27,9 @@ from typing import Optional
 from absl import logging
 import jax
 import ml_collections
+import orbax.checkpoint as ocp
 
+from jard import checkpoint
 from jard import models
 from jard.methods import Teacher
 
@@ -119,23 +121,12 @@ def load_variables(train_dir: str, model, input_shape, *,
   `which='best'` takes the best-by-metric save and falls back to the latest
   when the run kept none.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(train_dir, 'checkpoints')):
     raise FileNotFoundError(
         f'{field}: no jard checkpoints under {train_dir!r}; give a jard run '
         'workdir (or its train/ directory), or leave it empty to train the '
         'teacher in the teachers stage.')
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0),
-                         jax.numpy.zeros((1,) + tuple(input_shape)),
-                         train=False))
-  target = {'params': abstract['params'],
-            'batch_stats': abstract.get('batch_stats', {})}
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  args = ocp.args.PyTreeRestore(
-      item=target, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(),
-                                             target),
-      partial_restore=True)
+  args = checkpoint.variables_restore_args(model, input_shape)
   # The best manager keeps one save, so its only step is the best one.
   subdirs = (['best'] if which == 'best' else []) + ['checkpoints']
   for subdir in subdirs:

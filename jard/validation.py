@@ -168,9 +168,7 @@ def validate(config) -> None:
   _check(isinstance(config.eval.epsilon, (int, float))
          and config.eval.epsilon >= 0,
          f'config.eval.epsilon={config.eval.epsilon!r} must be >= 0.')
-  radio = data_lib.is_radio_spec(config.dataset.source or
-                                 config.dataset.train)
-  if radio:
+  if data_lib.is_radio_config(config.dataset):
     _validate_radio(config)
   else:
     _check(train_attack.budget == 'absolute',

@@ -279,6 +279,12 @@ def test_atard_quick_pipeline_end_to_end(tmp_path):
   assert 'teacher robust' in names and 'pgd_at' in names and 'atard' in names
   for res in compared.values():
     assert set(res['vs_pnr']) == {'0', '10'}
+    # The sweep reuses the clean pass: its clean accuracy at an SNR is the
+    # accuracy-vs-SNR curve's at that SNR.
+    for snr, curve in res['vs_pnr'].items():
+      j = res['vs_snr']['snr'].index(float(snr))
+      assert curve['clean'] == pytest.approx(res['vs_snr']['clean'][j])
+      assert len(curve['pgd']) == len(curve['fgm']) == 2
     assert len(res['vs_snr']['snr']) == len(res['vs_snr']['pgd'])
     assert res['grad_norm'] > 0
   report = open(os.path.join(workdir, 'report.md')).read()

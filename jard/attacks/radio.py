@@ -57,4 +57,4 @@ def pgd(loss_fn, x: jax.Array, key: jax.Array, snr_db: jax.Array, *, pnr_db,
   """L2 PGD at a PNR budget (module docstring); `key` as in `attacks.pgd`."""
   eps = pnr_budget(x, snr_db, pnr_db)
   return _pgd(loss_fn, x, key, eps=eps, step_size=relative_step * eps,
-                     steps=steps, norm='l2', init=init, bounds=None)
+              steps=steps, norm='l2', init=init, bounds=None)

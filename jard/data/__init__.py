@@ -9,6 +9,7 @@ from jard.data.pipeline import steps_per_epoch
 from jard.data.pipeline import train_batches
 from jard.data.sources import DataError
 from jard.data.sources import ImageDataset
+from jard.data.sources import is_radio_config
 from jard.data.sources import is_radio_spec
 from jard.data.sources import load
 from jard.data.sources import validate

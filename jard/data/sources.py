@@ -96,6 +96,11 @@ def is_radio_spec(spec: str) -> bool:
   return spec.partition(':')[0] in RADIO_KINDS
 
 
+def is_radio_config(dataset_config) -> bool:
+  """Whether `config.dataset` trains on radio signals (`source` or `train`)."""
+  return is_radio_spec(dataset_config.source or dataset_config.train)
+
+
 SYNTHETIC_OPTIONS = {'per_key': int, 'seed': int, 'am_ssb': str}
 
 

@@ -37,11 +37,11 @@ BUDGETS = ('absolute', 'pnr')
 class AttackSpec:
   """A PGD-family attack configuration (primitives only).
 
-  `budget='absolute'`: ε and the step are in input units (images in [0, 1]).
-  `budget='pnr'` (radio signals): example `i` gets the L2 budget
-  `ε_i = ‖x_i‖·10^((pnr − SNR_i)/20)` and steps of `relative_step·ε_i`
-  (`attacks.radio`); `eps` and `step_size` are then unused. `bounds` is the
-  data range (`None` for unbounded signals); it comes from the dataset.
+  `budget='absolute'`: `attacks.pgd` with ε and the step in input units and
+  the data range `bounds` (from the dataset; `None` for unbounded data).
+  `budget='pnr'` (radio signals): `attacks.radio.pgd`, L2 with the budget
+  `ε_i = ‖x_i‖·10^((pnr − SNR_i)/20)` and steps of `relative_step·ε_i`;
+  `eps`, `step_size`, `norm` and `bounds` are then unused.
   """
   eps: float = 8 / 255
   step_size: float = 2 / 255
@@ -55,18 +55,19 @@ class AttackSpec:
 
   def pgd(self, loss_fn, x, keys, batch=None):
     """Runs the attack; `batch['snr']` `[B]` is needed for a PNR budget."""
-    eps, step_size = self.eps, self.step_size
     if self.budget == 'pnr':
       if batch is None or 'snr' not in batch:
         raise ValueError(
             'config.attack.train.budget="pnr" needs per-example SNR labels; '
             'use a radio source (amc_synthetic, radioml:<path>) or budget='
             '"absolute".')
-      eps = attacks.pnr_budget(x, batch['snr'], self.pnr)
-      step_size = self.relative_step * eps
-    return attacks.pgd(loss_fn, x, keys, eps=eps, step_size=step_size,
-                       steps=self.steps, norm=self.norm, init=self.init,
-                       bounds=self.bounds)
+      return attacks.radio.pgd(loss_fn, x, keys, batch['snr'],
+                               pnr_db=self.pnr, steps=self.steps,
+                               relative_step=self.relative_step,
+                               init=self.init)
+    return attacks.pgd(loss_fn, x, keys, eps=self.eps,
+                       step_size=self.step_size, steps=self.steps,
+                       norm=self.norm, init=self.init, bounds=self.bounds)
 
 
 @dataclasses.dataclass(frozen=True)
