@@ -193,3 +193,95 @@ def test_apgd_matches_a_numpy_port_of_the_reference():
   np.testing.assert_allclose(state['step'], step, rtol=1e-12)
   np.testing.assert_allclose(state['loss_best'], loss_best, rtol=1e-9)
   np.testing.assert_allclose(state['x_best'], x_best, atol=1e-9)
+
+
+def _fold(keys, r):
+  return jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+
+
+def test_apgd_t_equals_one_run_per_target_on_the_remaining_points(
+    natural_model):
+  """APGD-T: target j is the j-th largest clean logit (j = 2, 3, ...), run r
+  uses keys fold_in(key, r), and each run attacks only unfooled points."""
+  f, x, y = natural_model
+  x, y = x[:48], y[:48]
+  eps, n_iter = 4 / 255, 8  # weak, so several targets are needed
+  keys = jax.random.split(jax.random.key(7), 48)
+  got_x, got_fooled = jax.jit(lambda k: apgd_lib.apgd_attack(
+      f, x, y, k, eps=eps, loss='dlr_targeted', n_iter=n_iter,
+      n_target_classes=4))(keys)
+  ranking = np.argsort(np.asarray(f(x)), -1)
+  want_fooled = np.array(jnp.argmax(f(x), -1) != y)
+  want_x = np.asarray(x).copy()
+  for r in range(4):
+    targets = jnp.asarray(ranking[:, -(r + 2)])
+    x_r, fooled_r = apgd_lib.apgd(f, x, y, _fold(keys, r), eps=eps,
+                                  n_iter=n_iter, loss='dlr_targeted',
+                                  targets=targets)
+    new = np.asarray(fooled_r) & ~want_fooled
+    want_x[new] = np.asarray(x_r)[new]
+    want_fooled |= new
+  assert 0 < want_fooled.sum() < 48
+  np.testing.assert_array_equal(np.asarray(got_fooled), want_fooled)
+  np.testing.assert_array_equal(np.asarray(got_x), want_x)
+
+
+def test_apgd_restarts_and_active_mask(natural_model):
+  f, x, y = natural_model
+  x, y = x[:48], y[:48]
+  eps, n_iter = 4 / 255, 6
+  keys = jax.random.split(jax.random.key(8), 48)
+  run = jax.jit(lambda k, active: apgd_lib.apgd_attack(
+      f, x, y, k, eps=eps, n_iter=n_iter, n_restarts=3, active=active))
+  got_x, got_fooled = run(keys, jnp.ones(48, bool))
+  want_fooled = np.array(jnp.argmax(f(x), -1) != y)
+  want_x = np.asarray(x).copy()
+  for r in range(3):
+    x_r, fooled_r = apgd_lib.apgd(f, x, y, _fold(keys, r), eps=eps,
+                                  n_iter=n_iter)
+    new = np.asarray(fooled_r) & ~want_fooled
+    want_x[new] = np.asarray(x_r)[new]
+    want_fooled |= new
+  assert 0 < want_fooled.sum() < 48
+  np.testing.assert_array_equal(np.asarray(got_fooled), want_fooled)
+  np.testing.assert_array_equal(np.asarray(got_x), want_x)
+  # More restarts never fool fewer points (same keys for the first runs).
+  _, one = jax.jit(lambda k: apgd_lib.apgd_attack(
+      f, x, y, k, eps=eps, n_iter=n_iter, n_restarts=1))(keys)
+  assert np.all(np.asarray(got_fooled) >= np.asarray(one))
+  # Inactive points: clean input, not fooled; active ones unchanged.
+  active = np.arange(48) % 3 != 0
+  masked_x, masked_fooled = run(keys, jnp.asarray(active))
+  masked_x, masked_fooled = np.asarray(masked_x), np.asarray(masked_fooled)
+  assert not masked_fooled[~active].any()
+  np.testing.assert_array_equal(masked_x[~active], np.asarray(x)[~active])
+  np.testing.assert_array_equal(masked_fooled[active], want_fooled[active])
+  np.testing.assert_array_equal(masked_x[active], want_x[active])
+
+
+def test_apgd_eot_averages_gradient_samples(natural_model):
+  """EoT (version 'rand'): a model with input noise gets `eot_iter` keyed
+  forward passes per iteration; with a noiseless model it equals plain APGD."""
+  f, x, y = natural_model
+  x, y = x[:32], y[:32]
+  keys = jax.random.split(jax.random.key(9), 32)
+  calls = []
+
+  def noiseless(z, sample_keys):
+    calls.append(sample_keys.shape)
+    return f(z)
+
+  plain, fooled = apgd_lib.apgd_attack(f, x, y, keys, eps=2 / 255, n_iter=5)
+  eot, fooled_eot = apgd_lib.apgd_attack(noiseless, x, y, keys, eps=2 / 255,
+                                         n_iter=5, eot_iter=4)
+  assert calls and all(s == (32,) for s in calls)
+  np.testing.assert_array_equal(np.asarray(fooled), np.asarray(fooled_eot))
+  np.testing.assert_allclose(np.asarray(plain), np.asarray(eot), atol=1e-6)
+
+  def noisy(z, sample_keys):
+    noise = jax.vmap(lambda k: jax.random.normal(k, z.shape[1:]))(sample_keys)
+    return f(z + 0.05 * noise)
+  x_adv, fooled_noisy = jax.jit(lambda k: apgd_lib.apgd_attack(
+      noisy, x, y, k, eps=8 / 255, n_iter=10, eot_iter=5))(keys)
+  delta = np.abs(np.asarray(x_adv - x)).max()
+  assert delta <= 8 / 255 + 1e-6 and np.asarray(fooled_noisy).mean() > 0.5

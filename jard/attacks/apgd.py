@@ -91,10 +91,17 @@ def _linf_start(x, key, eps):
   return jnp.clip(x + eps * t, 0.0, 1.0)
 
 
+def _fold(key: jax.Array, data) -> jax.Array:
+  """`fold_in` for one key or a `[B]` array of per-example keys."""
+  if key.shape:
+    return jax.vmap(lambda k: jax.random.fold_in(k, data))(key)
+  return jax.random.fold_in(key, data)
+
+
 def apgd(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
          key: jax.Array, *, eps: float, n_iter: int = 100,
          loss: str = 'ce', targets=None, rho: float = 0.75,
-         return_state: bool = False):
+         eot_iter: int = 1, return_state: bool = False):
   """One APGD run (L∞) from a random start.
 
   Args:
@@ -107,6 +114,11 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     loss: `'ce'`, `'dlr'` or `'dlr_targeted'` (needs `targets`).
     targets: `[B]` target classes for the targeted loss.
     rho: the oscillation threshold ρ.
+    eot_iter: gradient samples per iteration (Expectation over
+      Transformation, AutoAttack's `rand` version uses 20). With
+      `eot_iter > 1`, `logits_fn(x, keys)` takes `[B]` per-example keys for
+      its randomness; the gradient is the mean over the samples, the loss and
+      prediction those of the last sample (as the reference).
 
     return_state: also return the final per-example state (`step` sizes,
       `loss_best`, `x_best`), for tests and diagnostics.
@@ -132,13 +144,27 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   b = x.shape[0]
   expand = lambda v: v.reshape((b,) + (1,) * (x.ndim - 1))
 
-  def evaluate(z):
-    def total(z):
-      logits = logits_fn(z)
+  eot_keys = _fold(key if key.shape else jnp.broadcast_to(key, (b,)),
+                   0x5EED)
+
+  def evaluate(z, t):
+    def total(z, sample_keys):
+      logits = (logits_fn(z) if eot_iter == 1
+                else logits_fn(z, sample_keys))
       per_example = loss_fn(logits)
       return jnp.sum(per_example), (per_example, logits)
-    (_, (per_example, logits)), grad = jax.value_and_grad(
-        total, has_aux=True)(z)
+    grad_fn = jax.value_and_grad(total, has_aux=True)
+    if eot_iter == 1:
+      (_, (per_example, logits)), grad = grad_fn(z, None)
+    else:
+      def sample(e, carry):
+        (_, aux), g = grad_fn(z, _fold(eot_keys, t * eot_iter + e))
+        return aux, carry[1] + g / eot_iter
+      first = jax.eval_shape(lambda: grad_fn(z, eot_keys)[0][1])
+      init = (jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first),
+              jnp.zeros_like(z))
+      (per_example, logits), grad = jax.lax.fori_loop(0, eot_iter, sample,
+                                                      init)
     return per_example, jnp.argmax(logits, -1) == labels, grad
 
   def project(z):
@@ -153,7 +179,7 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   rows = jnp.arange(n_iter)
 
   x_adv = _linf_start(x, key, eps)
-  loss0, correct, grad = evaluate(x_adv)
+  loss0, correct, grad = evaluate(x_adv, 0)
   state = dict(
       x_adv=x_adv, x_old=x_adv, grad=grad, correct=correct,
       x_best_adv=x_adv, x_best=x_adv, grad_best=grad, loss_best=loss0,
@@ -167,7 +193,7 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     z = project(s['x_adv'] + step * jnp.sign(s['grad']))
     x_new = project(s['x_adv'] + momentum * (z - s['x_adv'])
                     + (1 - momentum) * (s['x_adv'] - s['x_old']))
-    losses, pred_ok, grad = evaluate(x_new)
+    losses, pred_ok, grad = evaluate(x_new, i + 1)
     correct = s['correct'] & pred_ok
     x_best_adv = jnp.where(expand(~pred_ok), x_new, s['x_best_adv'])
     loss_steps = s['loss_steps'].at[i].set(losses)
@@ -199,7 +225,8 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   state = jax.lax.fori_loop(0, n_iter, body, state)
   # As the reference's `perturb`: a point misclassified when clean counts as
   # fooled and keeps its clean input.
-  clean_ok = jnp.argmax(logits_fn(x), -1) == labels
+  clean_logits = logits_fn(x) if eot_iter == 1 else logits_fn(x, eot_keys)
+  clean_ok = jnp.argmax(clean_logits, -1) == labels
   fooled = (~state['correct'] & clean_ok)
   x_adv = jnp.where(expand(fooled), state['x_best_adv'], x)
   x_adv, fooled = jax.lax.stop_gradient(x_adv), fooled | ~clean_ok
@@ -207,3 +234,73 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
     return x_adv, fooled, {k: state[k] for k in ('step', 'loss_best',
                                                   'x_best', 'loss_steps')}
   return x_adv, fooled
+
+
+def apgd_attack(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
+                keys: jax.Array, *, eps: float, loss: str = 'ce',
+                n_iter: int = 100, n_restarts: int = 1,
+                n_target_classes: int = 9, eot_iter: int = 1,
+                rho: float = 0.75, active=None):
+  """APGD with restarts, or APGD-T over targets, as the reference `perturb`.
+
+  Untargeted (`loss` 'ce' or 'dlr'): `n_restarts` runs, each from a fresh
+  random start. Targeted (`loss='dlr_targeted'`, AutoAttack's APGD-T): for
+  j = 2, …, n_target_classes + 1 the target is the class with the j-th
+  largest *clean* logit, and each target gets `n_restarts` runs. Every run
+  attacks only the points no earlier run fooled (a mask; a run is skipped
+  with `lax.cond` when none is left), and a point keeps the result of the
+  run that first fooled it. Run r of example i starts from key
+  `fold_in(keys[i], r)`, so an example's result does not depend on the rest
+  of its batch.
+
+  Args:
+    logits_fn: `x [B, ...] -> logits [B, K]` in eval mode (with
+      `eot_iter > 1`: `(x, keys [B]) -> logits`).
+    x: `[B, ...]` clean inputs in [0, 1].
+    labels: `[B]`.
+    keys: `[B]` per-example PRNG keys.
+    eps: L∞ radius.
+    loss: 'ce', 'dlr' or 'dlr_targeted'.
+    n_iter, rho, eot_iter: as `apgd`.
+    n_restarts: runs per target (untargeted: runs).
+    n_target_classes: targets of APGD-T, at most K − 1 (capped).
+    active: optional `[B]` bool; inactive examples are not attacked.
+
+  Returns:
+    `(x_adv [B, ...], fooled [B])`: `fooled` = active and (misclassified on
+    the clean input, or fooled by some run); `x_adv` is that run's
+    misclassified point, and the clean input where not fooled.
+  """
+  b = x.shape[0]
+  active = jnp.ones((b,), bool) if active is None else active
+  expand = lambda v: v.reshape((b,) + (1,) * (x.ndim - 1))
+  clean_logits = (logits_fn(x) if eot_iter == 1
+                  else logits_fn(x, _fold(keys, 0x5EED)))
+  fooled0 = active & (jnp.argmax(clean_logits, -1) != labels)
+  targeted = loss == 'dlr_targeted'
+  num_classes = clean_logits.shape[-1]
+  if targeted:
+    if num_classes < 4:
+      raise ValueError(f'APGD-T (targeted DLR) needs at least 4 classes, '
+                       f'the model has {num_classes}.')
+    n_target_classes = min(n_target_classes, num_classes - 1)
+    ranking = jnp.argsort(clean_logits, axis=-1)  # ascending
+  n_runs = n_restarts * (n_target_classes if targeted else 1)
+
+  def run(r, carry):
+    x_best, fooled = carry
+    todo = active & ~fooled
+
+    def attack(_):
+      targets = None
+      if targeted:  # the (r // n_restarts + 2)-th largest clean logit
+        targets = ranking[:, num_classes - (r // n_restarts + 2)]
+      x_r, fooled_r = apgd(logits_fn, x, labels, _fold(keys, r), eps=eps,
+                           n_iter=n_iter, loss=loss, targets=targets,
+                           rho=rho, eot_iter=eot_iter)
+      new = todo & fooled_r
+      return jnp.where(expand(new), x_r, x_best), fooled | new
+
+    return jax.lax.cond(jnp.any(todo), attack, lambda _: carry, None)
+
+  return jax.lax.fori_loop(0, n_runs, run, (x, fooled0))
