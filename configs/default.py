@@ -111,6 +111,25 @@ def get_config(arg=None):
   # Which checkpoints to evaluate: 'last', 'best' or both.
   config.eval.checkpoints = 'last,best'
   config.eval.seed = 0
+  # AutoAttack (jard.evaluate_autoattack) after the suite: version
+  # 'standard' | 'plus' | 'rand' ('' skips it), the reference's iterations
+  # and Square queries, and the examples (-1: config.eval.num_examples).
+  config.eval.autoattack = ml_collections.ConfigDict()
+  config.eval.autoattack.version = 'standard'
+  config.eval.autoattack.n_iter = 100
+  config.eval.autoattack.n_queries = 5000
+  config.eval.autoattack.num_examples = -1
+  # The robust-accuracy-vs-ε curve: ε values in 1/255 ('' skips it) and the
+  # suite attacks drawn at each.
+  config.eval.curve_epsilons = '2,4,6,8,12,16'
+  config.eval.curve_attacks = 'pgd20_sat'
+  # Transfer attacks: `attacks` crafted on a surrogate jard checkpoint
+  # (a workdir or its train/ dir) of `model`, evaluated on this model.
+  config.eval.transfer = ml_collections.ConfigDict()
+  config.eval.transfer.checkpoint = ''
+  config.eval.transfer.which = 'best'
+  config.eval.transfer.model = ml_collections.ConfigDict({'name': ''})
+  config.eval.transfer.attacks = 'pgd20_sat,cw_inf'
   # The radio protocol (jard.evaluate_radio), used for radio sources.
   config.eval.radio = ml_collections.ConfigDict()
   # Reference PNR (dB) of the accuracy-vs-SNR curves and the summary table.
@@ -165,5 +184,9 @@ def quick(config):
   config.select.num_examples = 32
   config.eval.batch_size = 32
   config.eval.num_examples = 64
+  # Reduced AutoAttack (the report states the settings) and a short curve.
+  config.eval.autoattack.n_iter = 10
+  config.eval.autoattack.n_queries = 50
+  config.eval.curve_epsilons = '4,8'
   config.progress_bar = False
   return config

@@ -9,7 +9,8 @@ Layout of a workdir:
     train/               checkpoints/, best/, metrics.jsonl, TensorBoard events,
                          COMPLETE (written when the stage finished)
     baselines/<name>/    further students (config.baselines), each a run
-    eval/                results.json, results.md (images) or report.md +
+    eval/                results.json, report.md (+ robust_accuracy_vs_eps.png)
+                         (images), or report.md +
                          plots (radio)
     report.md, results.json, *.png
                          the comparison of teachers, baselines and the
@@ -19,11 +20,13 @@ A stage is skipped when its completion record matches the config it would
 run with; a killed stage resumes from its last checkpoint.
 """
 
+import copy
 import json
 import os
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
 from jard import checkpoint
@@ -103,6 +106,72 @@ def build_model(config, num_classes):
                              bn_axis_name=parallel.AXIS, **kwargs)
 
 
+def _run_config_of(train_dir: str) -> ml_collections.ConfigDict:
+  """The `config.json` a jard run wrote next to its `train/` directory."""
+  for path in (os.path.join(os.path.dirname(os.path.abspath(train_dir)),
+                            'config.json'),
+               os.path.join(train_dir, 'config.json')):
+    if os.path.isfile(path):
+      try:
+        with open(path) as f:
+          return ml_collections.ConfigDict(json.load(f))
+      except (ValueError, TypeError) as e:
+        raise data_lib.DataError(
+            f'config.checkpoint: {path} is not a readable jard config '
+            f'({e}); set --config.model.name and --config.dataset.test.'
+        ) from None
+  return None
+
+
+def evaluation_config(config):
+  """`configs/evaluate.py`: the model and test set from the checkpoint's
+  run where the evaluation config leaves them empty."""
+  config = copy.deepcopy(config)
+  train_dir = teacher_lib.resolve_train_dir(config.checkpoint)
+  if not os.path.isdir(os.path.join(train_dir, 'checkpoints')):
+    raise FileNotFoundError(
+        f'config.checkpoint={config.checkpoint!r}: no jard checkpoints there;'
+        ' give a jard run workdir or its train/ directory.')
+  run_cfg = _run_config_of(train_dir)
+  missing = [f for f in ('model.name', 'dataset.test')
+             if not config[f.split('.')[0]][f.split('.')[1]]]
+  if missing and run_cfg is None:
+    raise FileNotFoundError(
+        f'config.checkpoint={config.checkpoint!r}: no config.json beside the '
+        f'checkpoints, so set {", ".join("--config." + m for m in missing)}.')
+  with config.unlocked():
+    if not config.model.name:
+      config.model = ml_collections.ConfigDict(run_cfg.model.to_dict())
+    if not config.dataset.test:
+      for field in ('source', 'test', 'num_classes', 'image_size'):
+        config.dataset[field] = run_cfg.dataset[field]
+    config.dataset.train = config.dataset.train or config.dataset.test
+  config.stages = 'eval'
+  return config, train_dir
+
+
+def run_evaluation(config, workdir: str) -> dict:
+  """Evaluates `config.checkpoint` (no training); the report in `workdir`."""
+  config, train_dir = evaluation_config(config)
+  validation.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  ds = config.dataset
+  spec, field = ((ds.source, 'config.dataset.source') if ds.source
+                 else (ds.test, 'config.dataset.test'))
+  test_ds = data_lib.load(spec, role='test', field=field,
+                          num_classes=ds.num_classes,
+                          image_size=ds.image_size,
+                          cache_dir=os.path.join(workdir, 'data'))
+  model = build_model(config, test_ds.num_classes)
+  results = evaluate_checkpoints(config, train_dir, model, test_ds)
+  _write_eval_report(config, results, workdir,
+                     os.path.basename(os.path.abspath(config.checkpoint)))
+  return results
+
+
 def run(config, workdir: str, *, stop_at_step=None, datasets=None,
         display_name: str = 'student') -> dict:
   """Runs the configured stages; returns the eval results (if evaluated).
@@ -114,6 +183,8 @@ def run(config, workdir: str, *, stop_at_step=None, datasets=None,
     datasets: `(train, test, select)` already loaded by a parent run.
     display_name: the run's name in comparison reports.
   """
+  if config.get('checkpoint'):
+    return run_evaluation(config, workdir)
   validation.validate(config)
   stages = validation.stages(config)
   os.makedirs(workdir, exist_ok=True)
@@ -245,6 +316,14 @@ def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
                                 metric=config.select.metric or None)
   radio = data_lib.is_radio_config(config.dataset)
   evaluator = evaluate.make_evaluator(config, model)
+  surrogate = None
+  if not radio and config.eval.transfer.checkpoint:
+    transfer = config.eval.transfer
+    surrogate_model = teacher_lib.build_model(transfer,
+                                              test_ds.num_classes)
+    surrogate = (surrogate_model, teacher_lib.load_variables(
+        teacher_lib.resolve_train_dir(transfer.checkpoint), surrogate_model, test_ds.images.shape[1:],
+        which=transfer.which, field='config.eval.transfer.checkpoint'))
   results = {}
   try:
     wanted = [c.strip() for c in config.eval.checkpoints.split(',')]
@@ -276,9 +355,8 @@ def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
             num_examples=config.eval.num_examples)
         summary['accuracy'] = summary['radio']['accuracy']
       else:
-        summary['accuracy'] = evaluator.run(
-            variables['params'], variables['batch_stats'], test_ds,
-            config.eval.num_examples)
+        summary.update(evaluate.image_protocol(
+            config, model, evaluator, variables, test_ds, surrogate))
       results[name] = summary
       logging.info('%s: %s', name, summary['accuracy'])
   finally:

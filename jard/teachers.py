@@ -103,6 +103,11 @@ def teacher_train_dir(config, name: str, workdir: str) -> str:
   path = config.teachers[name].checkpoint
   if not path:
     return os.path.join(teacher_workdir(workdir, name), 'train')
+  return resolve_train_dir(path)
+
+
+def resolve_train_dir(path: str) -> str:
+  """A jard workdir's `train/` directory, or `path` itself."""
   if os.path.isdir(os.path.join(path, 'train', 'checkpoints')):
     return os.path.join(path, 'train')
   return path

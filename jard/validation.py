@@ -9,6 +9,7 @@ import os
 import jax
 
 from jard import attacks
+from jard.attacks import autoattack
 from jard import data as data_lib
 from jard import evaluate
 from jard import evaluate_radio
@@ -48,6 +49,50 @@ def stages(config) -> tuple[str, ...]:
          f'config.stages={config.stages!r}: unknown stage(s) {unknown}; use a '
          f'comma-separated subset of {STAGES} in order.')
   return names
+
+
+def _validate_image_eval(config) -> None:
+  """The image protocol: suite, curve, AutoAttack, transfer."""
+  eval_cfg = config.eval
+  try:
+    evaluate.check_suite(eval_cfg.attacks)
+    if config.select.metric:
+      evaluate.check_suite([config.select.metric], 'config.select.metric')
+    if eval_cfg.curve_epsilons:
+      evaluate.parse_epsilons(eval_cfg.curve_epsilons)
+      evaluate.check_suite(eval_cfg.curve_attacks, 'config.eval.curve_attacks')
+    if eval_cfg.transfer.checkpoint:
+      evaluate.check_suite(eval_cfg.transfer.attacks,
+                           'config.eval.transfer.attacks')
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _check(not any(n.startswith(evaluate.TRANSFER_PREFIX) for n in
+                 evaluate.check_suite(eval_cfg.attacks)),
+         f'config.eval.attacks={eval_cfg.attacks!r}: transfer attacks are '
+         'configured in config.eval.transfer (checkpoint, model, attacks).')
+  aa_cfg = eval_cfg.autoattack
+  _check(aa_cfg.version in ('',) + tuple(autoattack.VERSIONS),
+         f'config.eval.autoattack.version={aa_cfg.version!r}; choose one of '
+         f'{tuple(autoattack.VERSIONS)} or "" to skip AutoAttack.')
+  _check(aa_cfg.version != 'rand',
+         "config.eval.autoattack.version='rand' is for randomized defences; "
+         "jard's models are deterministic in eval mode: use 'standard' (the "
+         'library function `jard.attacks.autoattack.autoattack` takes a '
+         'stochastic logits function).')
+  for field in ('n_iter', 'n_queries'):
+    _positive_int(config, f'eval.autoattack.{field}')
+  _check(isinstance(aa_cfg.num_examples, int) and (aa_cfg.num_examples == -1
+                                                   or aa_cfg.num_examples > 0),
+         f'config.eval.autoattack.num_examples={aa_cfg.num_examples!r} must '
+         'be -1 (config.eval.num_examples) or positive.')
+  transfer = eval_cfg.transfer
+  if transfer.checkpoint:
+    _check(transfer.model.name in models.MODELS,
+           f'config.eval.transfer.model.name={transfer.model.name!r}; name '
+           f'the surrogate\'s architecture, one of {sorted(models.MODELS)}.')
+    _check(transfer.which in ('best', 'last'),
+           f'config.eval.transfer.which={transfer.which!r}; use "best" or '
+           '"last".')
 
 
 def _validate_radio(config) -> None:
@@ -174,12 +219,7 @@ def validate(config) -> None:
     _check(train_attack.budget == 'absolute',
            f'config.attack.train.budget={train_attack.budget!r} needs a radio '
            'source (amc_synthetic, radioml:<path>); use "absolute" for images.')
-    try:
-      evaluate.check_suite(config.eval.attacks)
-      if config.select.metric:
-        evaluate.check_suite([config.select.metric], 'config.select.metric')
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
+    _validate_image_eval(config)
   _check(config.optimizer.name in train_lib.OPTIMIZERS,
          f'config.optimizer.name={config.optimizer.name!r}; choose one of '
          f'{train_lib.OPTIMIZERS}.')

@@ -1,0 +1,322 @@
+"""AutoAttack over a test set: sharded, compacted between attacks, checked.
+
+The host loop follows the reference's `run_standard_evaluation`: a clean
+pass, then each attack of the version on the points still robust, re-batched
+so that the work shrinks with the robust accuracy (an attack on an
+undefended model costs one batch of APGD-CE, not four attacks on every
+point). Inside a batch the attack is the compiled, masked function of
+`jard.attacks.autoattack`, run over all devices (`parallel.compile_spmd`)
+with the padding masked. Example `i` (its row in the dataset) draws its
+randomness from `fold_in(fold_in(key(seed), i), attack_id)`, so results do
+not depend on the batch size, the compaction or the device count, and
+`autoattack()` on one batch gives the same per-example answer.
+
+The reference's sanity checks (`attacks_facts.md` §1.7) run on the first
+batch and on the result; each failed check is a warning in the log and in
+the report:
+
+* `randomized`: 5 forward passes differ (in correct count, or by more than
+  1e-4 in L2-normalised logits); use version 'rand'.
+* `softmax`: the outputs look like probabilities; pass logits.
+* `zero_gradient`: examples whose DLR loss has an all-zero input gradient.
+* `n_classes`: too few classes for DLR / targeted DLR or for the targets.
+* `square`: Square lowered the robust accuracy by more than 0.2 points after
+  the white-box attacks (a sign of gradient masking).
+* `final`: the perturbation exceeds ε, leaves [0, 1] or is NaN, or the robust
+  accuracy recomputed from the returned points differs from the flags.
+
+The reference's check for dynamic (test-time optimisation) defences traces
+PyTorch calls; a JAX model is a pure function, so it does not apply.
+"""
+
+import dataclasses
+import time
+from typing import Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jard import data as data_lib
+from jard import parallel
+from jard.attacks import apgd as apgd_lib
+from jard.attacks import autoattack as aa
+
+NUM_RANDOMIZED_PASSES = 5
+
+
+@dataclasses.dataclass
+class Result:
+  """The outcome of `AutoAttack.run`, per example and per attack.
+
+  Attributes:
+    index: `[N]` dataset rows evaluated.
+    clean: `[N]` bool, correct on the clean input.
+    robust: `[N]` bool, survived every attack.
+    broken_by: `{attack: [N] bool}`, the attack that first broke the point.
+    x_adv: `[N, H, W, C]` float32 breaking points (clean input if robust).
+    accuracy: `{'clean', attack...: robust accuracy after that attack}`, the
+      reference's `robust_accuracy_dict`.
+    seconds: `{'clean', attack...: wall-clock seconds}`.
+    warnings: `{check: message}` of failed sanity checks.
+    version: the AutoAttack version.
+    epsilon: the L∞ radius.
+  """
+  index: np.ndarray
+  clean: np.ndarray
+  robust: np.ndarray
+  broken_by: dict
+  x_adv: np.ndarray
+  accuracy: dict
+  seconds: dict
+  warnings: dict
+  version: str = 'standard'
+  epsilon: float = 8 / 255
+  settings: dict = dataclasses.field(default_factory=dict)
+
+  def summary(self) -> dict:
+    """JSON-ready numbers: accuracies, seconds, images/s, warnings."""
+    total = sum(self.seconds.values())
+    return {'accuracy': dict(self.accuracy), 'seconds': dict(self.seconds),
+            'robust_accuracy': float(np.mean(self.robust)),
+            'num_examples': int(len(self.index)),
+            'images_per_second': len(self.index) / max(total, 1e-9),
+            'warnings': dict(self.warnings), 'version': self.version,
+            'epsilon': self.epsilon, 'settings': dict(self.settings)}
+
+
+class AutoAttack:
+  """Compiled, sharded AutoAttack of one model.
+
+  `model.apply(variables, x, train=False).logits` gives the logits; the
+  model must be deterministic unless `version='rand'`, where
+  `stochastic_apply(variables, x, keys) -> logits` must be given.
+  """
+
+  def __init__(self, model, *, version: str = 'standard',
+               epsilon: float = 8 / 255, batch_size: int = 256,
+               mode: str = 'pmap', seed: int = 0,
+               attacks: Optional[tuple[str, ...]] = None,
+               n_queries: int = 5000, n_iter: int = 100,
+               stochastic_apply=None, devices=None):
+    self.version = version
+    self.epsilon = float(epsilon)
+    self.batch_size = batch_size
+    self.mode = mode
+    self.devices = devices
+    self.key = jax.random.key(seed)
+    self.settings = {'n_iter': n_iter, 'n_queries': n_queries, 'seed': seed,
+                     'batch_size': batch_size}
+    self.stochastic = version == 'rand'
+    if self.stochastic and stochastic_apply is None:
+      raise ValueError("AutoAttack version='rand' needs `stochastic_apply`: "
+                       'a model without randomness needs no EoT; use '
+                       "'standard'.")
+    fns = aa.attack_fns(version, n_iter=n_iter, n_queries=n_queries)
+    if attacks:
+      unknown = [a for a in attacks if a not in fns]
+      if unknown:
+        raise ValueError(f'attacks {unknown} are not in AutoAttack '
+                         f'{version!r}; choose from {list(fns)}.')
+      fns = {name: fns[name] for name in attacks}
+    self.attacks = fns
+    n = len(devices) if devices else jax.device_count()
+    if batch_size % n:
+      raise ValueError(f'AutoAttack batch size {batch_size} must be divisible'
+                       f' by the {n} devices.')
+
+    def logits_fn_of(variables):
+      if self.stochastic:
+        return lambda z, keys: stochastic_apply(variables, z, keys)
+      return lambda z: model.apply(variables, z, train=False).logits
+
+    def keys_of(batch):
+      return jax.vmap(jax.random.fold_in, (None, 0))(self.key,
+                                                     batch['index'])
+
+    def clean_fn(variables, batch):
+      x = data_lib.to_float(batch['image'])
+      pred = aa.predict(logits_fn_of(variables), x, keys_of(batch),
+                        self.stochastic)
+      return pred == batch['label']
+
+    def make_attack(name, fn):
+      def attack_fn(variables, batch):
+        x = data_lib.to_float(batch['image'])
+        x_adv, broken = aa.run_attack(
+            fn, name, logits_fn_of(variables), x, batch['label'],
+            keys_of(batch), eps=self.epsilon, active=batch['mask'] > 0,
+            stochastic=self.stochastic)
+        return x_adv, broken
+      return parallel.compile_spmd(attack_fn, mode=mode,
+                                   sharded_in=(False, True), sharded_out=True,
+                                   devices=devices)
+
+    self._clean = parallel.compile_spmd(clean_fn, mode=mode,
+                                        sharded_in=(False, True),
+                                        sharded_out=True, devices=devices)
+    self._attacks = {name: make_attack(name, fn) for name, fn in fns.items()}
+    self._logits = jax.jit(
+        lambda v, x: model.apply(v, x, train=False).logits)
+    self._dlr_grad = jax.jit(lambda v, x, y: jax.grad(
+        lambda z: jnp.sum(apgd_lib.dlr_loss(logits_fn_of(v)(z), y)))(x))
+
+  # -- batching ------------------------------------------------------------
+
+  def _batches(self, images, labels, rows):
+    """Padded, masked global batches of the given dataset rows."""
+    b = self.batch_size
+    for start in range(0, len(rows), b):
+      pos = np.arange(start, start + b)
+      take = rows[np.minimum(pos, len(rows) - 1)]
+      yield pos < len(rows), {
+          'image': images[take], 'label': labels[take],
+          'index': take.astype(np.int32),
+          'mask': (pos < len(rows)).astype(np.float32)}
+
+  def _shard(self, batch):
+    return parallel.shard_batch(batch, self.mode, self.devices)
+
+  # -- the evaluation ------------------------------------------------------
+
+  def run(self, variables, ds: data_lib.ImageDataset,
+          num_examples: int = -1) -> Result:
+    """AutoAttack on the test set (or a fixed subset, `eval_indices`)."""
+    if jax.process_count() > 1:
+      raise NotImplementedError(
+          'AutoAttack compacts the robust points on the host; multi-process '
+          'runs are not supported yet. Evaluate on one host.')
+    if ds.is_signal:
+      raise ValueError('AutoAttack is an image attack ([0, 1] inputs); the '
+                       'radio protocol is `jard.evaluate_radio`.')
+    rows = data_lib.eval_indices(len(ds), num_examples)
+    images, labels = ds.images, ds.labels
+    warnings = self._checks_before(variables, images[rows[:self.batch_size]],
+                                   labels[rows[:self.batch_size]],
+                                   ds.num_classes)
+    n = len(rows)
+    position = np.full(len(ds), -1)
+    position[rows] = np.arange(n)
+    seconds, accuracy = {}, {}
+
+    start = time.perf_counter()
+    clean = []
+    for real, batch in self._batches(images, labels, rows):
+      out = parallel.to_host(self._clean(variables, self._shard(batch)),
+                             self.mode)
+      clean.append(out[real])
+    clean = np.concatenate(clean)
+    seconds['clean'] = time.perf_counter() - start
+    accuracy['clean'] = float(np.mean(clean))
+    logging.info('AutoAttack %s: clean accuracy %.2f%% on %d examples.',
+                 self.version, 100 * accuracy['clean'], n)
+
+    robust = clean.copy()
+    x_adv = data_lib.to_float(images[rows]) if images.dtype == np.uint8 \
+        else np.asarray(images[rows], np.float32)
+    x_adv = np.array(x_adv, np.float32)
+    broken_by = {}
+    for name, step in self._attacks.items():
+      start = time.perf_counter()
+      todo = rows[robust]
+      broken_by[name] = np.zeros(n, bool)
+      for real, batch in self._batches(images, labels, todo):
+        adv, broken = step(variables, self._shard(batch))
+        adv = parallel.to_host(adv, self.mode)[real]
+        broken = parallel.to_host(broken, self.mode)[real]
+        where = position[batch['index'][real][broken]]
+        x_adv[where] = adv[broken]
+        robust[where] = False
+        broken_by[name][where] = True
+      seconds[name] = time.perf_counter() - start
+      accuracy[name] = float(np.mean(robust))
+      logging.info('robust accuracy after %s: %.2f%% (%.1f s, %d points '
+                   'attacked)', name.upper(), 100 * accuracy[name],
+                   seconds[name], len(todo))
+
+    warnings.update(self._checks_after(variables, images[rows], labels[rows],
+                                       x_adv, robust, accuracy))
+    for check, message in warnings.items():
+      logging.warning('AutoAttack check %s: %s', check, message)
+    return Result(index=rows, clean=clean, robust=robust,
+                  broken_by=broken_by, x_adv=x_adv, accuracy=accuracy,
+                  seconds=seconds, warnings=warnings, version=self.version,
+                  epsilon=self.epsilon, settings=self.settings)
+
+  # -- the reference's sanity checks ---------------------------------------
+
+  def _checks_before(self, variables, images, labels, num_classes) -> dict:
+    warnings = {}
+    x = data_lib.to_float(images) if images.dtype == np.uint8 else images
+    x = jnp.asarray(x, jnp.float32)
+    names = list(self.attacks)
+    if any(n in names for n in ('apgd-dlr', 'apgd-t')) and num_classes <= 3:
+      warnings['n_classes'] = (
+          f'{num_classes} classes: DLR needs at least 3 and targeted DLR at '
+          'least 4.')
+    elif ('apgd-t' in names or 'fab-t' in names) and num_classes < 10:
+      warnings['n_classes'] = (
+          f'{num_classes} classes: 9 target classes are more than the '
+          f'{num_classes - 1} possible; the targets are capped.')
+    if self.stochastic:
+      return warnings
+    outputs = [np.asarray(self._logits(variables, x))
+               for _ in range(NUM_RANDOMIZED_PASSES)]
+    correct = [int(np.sum(o.argmax(-1) == labels)) for o in outputs]
+    unit = [o / (np.linalg.norm(o, axis=-1, keepdims=True) + 1e-10)
+            for o in outputs]
+    max_diff = max(float(np.max(np.linalg.norm(unit[i] - unit[j], axis=-1)))
+                   for i in range(len(unit)) for j in range(i + 1, len(unit)))
+    if len(set(correct)) > 1 or max_diff > 1e-4:
+      warnings['randomized'] = (
+          f'{NUM_RANDOMIZED_PASSES} forward passes differ (max L2 distance '
+          f'{max_diff:.2e}); the model looks randomized: use version "rand".')
+    o = outputs[0]
+    if (o.max() < 1 + 1e-5 and o.min() > -1e-5
+        and np.all(np.abs(o.sum(-1) - 1) < 1e-5)):
+      warnings['softmax'] = ('the outputs look like probabilities; attacks '
+                             'need the logits.')
+    if num_classes >= 3:
+      grad = np.asarray(self._dlr_grad(variables, x, jnp.asarray(labels)))
+      zero = int(np.sum(np.abs(grad.reshape(len(grad), -1)).sum(-1) == 0))
+      if zero:
+        warnings['zero_gradient'] = (
+            f'{zero} of {len(grad)} points have a zero DLR gradient; '
+            'gradient attacks are unreliable there (gradient masking?).')
+    return warnings
+
+  def _checks_after(self, variables, images, labels, x_adv, robust,
+                    accuracy) -> dict:
+    warnings = {}
+    if 'square' in accuracy and len(accuracy) > 2:
+      best = min(v for k, v in accuracy.items() if k != 'square')
+      if accuracy['square'] < best - 0.002:
+        warnings['square'] = (
+            f'Square lowered the robust accuracy by '
+            f'{100 * (best - accuracy["square"]):.2f} points below the white-'
+            'box attacks: the evaluation may be unreliable (gradient '
+            'masking); run Square longer or an adaptive attack.')
+    x = data_lib.to_float(images) if images.dtype == np.uint8 else images
+    delta = np.abs(x_adv - x).reshape(len(x), -1).max(-1)
+    problems = []
+    if np.isnan(x_adv).any():
+      problems.append(f'{int(np.isnan(x_adv).sum())} NaN values')
+    if delta.max(initial=0) > self.epsilon + 1e-6:
+      problems.append(f'max perturbation {delta.max():.6f} > ε')
+    if x_adv.size and (x_adv.min() < 0 or x_adv.max() > 1):
+      problems.append(f'values in [{x_adv.min():.4f}, {x_adv.max():.4f}]')
+    if not self.stochastic:
+      preds = []
+      for s in range(0, len(x_adv), self.batch_size):
+        preds.append(np.asarray(self._logits(
+            variables, jnp.asarray(x_adv[s:s + self.batch_size]))).argmax(-1))
+      recomputed = np.concatenate(preds) == labels if preds else robust
+      if not np.array_equal(recomputed, robust):
+        problems.append(
+            f'robust accuracy recomputed from the returned points '
+            f'{100 * recomputed.mean():.2f}% differs from the flags '
+            f'{100 * robust.mean():.2f}%')
+    if problems:
+      warnings['final'] = '; '.join(problems)
+    return warnings
