@@ -161,8 +161,11 @@ class Evaluator:
       def eval_fn(variables, surrogate_variables, batch, key, eps):
         x = data_lib.to_float(batch['image'])
         y = batch['label']
+        # A transfer attack draws the white-box attack's keys: crafted on
+        # the model itself, it is that attack exactly.
+        base = name[len(TRANSFER_PREFIX):] if transfer else name
         keys = jax.vmap(lambda i: jax.random.fold_in(
-            jax.random.fold_in(key, i), attack_id(name)))(batch['index'])
+            jax.random.fold_in(key, i), attack_id(base)))(batch['index'])
         logits_fn = lambda z: model.apply(variables, z, train=False).logits
         craft_fn = logits_fn
         if transfer:

@@ -79,6 +79,8 @@ class Result:
     """JSON-ready numbers: accuracies, seconds, images/s, warnings."""
     total = sum(self.seconds.values())
     return {'accuracy': dict(self.accuracy), 'seconds': dict(self.seconds),
+            # The cascade's order (JSON files sort the dicts' keys).
+            'order': list(self.accuracy),
             'robust_accuracy': float(np.mean(self.robust)),
             'num_examples': int(len(self.index)),
             'images_per_second': len(self.index) / max(total, 1e-9),

@@ -88,7 +88,8 @@ def _entry_lines(entry: str, summary: dict) -> list[str]:
               'each attack of the cascade (each attacks only the points still '
               'robust):', '',
               '| after | robust accuracy (%) | seconds |', '|---|---|---|']
-    for name, value in aa['accuracy'].items():
+    for name in aa.get('order', list(aa['accuracy'])):
+      value = aa['accuracy'][name]
       lines.append(f'| {name} | {100 * value:.2f} | '
                    f'{aa["seconds"][name]:.1f} |')
     for check, message in aa.get('warnings', {}).items():

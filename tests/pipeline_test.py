@@ -30,6 +30,9 @@ def npz_path(tmp_path_factory):
 def _quick_config(npz_path, **overrides):
   config = pgd_at.get_config('quick')
   config.dataset.train = config.dataset.test = 'npz:' + npz_path
+  # The full protocol (AutoAttack, the ε curve) runs in the main-command test.
+  config.eval.autoattack.version = ''
+  config.eval.curve_epsilons = ''
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split('.')
@@ -70,7 +73,24 @@ def test_main_runs_quick_config_under_mock_tfds(tmp_path, monkeypatch):
                'worst_case'):
     assert 0.0 <= accuracy[name] <= 1.0
   assert accuracy['worst_case'] <= min(accuracy['clean'], accuracy['cw_inf'])
-  assert os.path.exists(os.path.join(workdir, 'eval', 'results.md'))
+  # The full protocol: AutoAttack after the suite, the ε curve, and
+  # report.md with accuracy and seconds per attack and the linked PNG.
+  summary = results['last']
+  assert accuracy['autoattack'] <= accuracy['clean']
+  aa = summary['autoattack']
+  assert aa['order'] == ['clean', 'apgd-ce', 'apgd-t', 'fab-t',
+                                  'square']
+  assert aa['robust_accuracy'] == accuracy['autoattack']
+  assert aa['num_examples'] == 48 and aa['settings']['n_queries'] == 50
+  assert summary['curve']['epsilons'] == [4 / 255, 8 / 255]
+  assert set(summary['seconds']) >= {'clean', 'fgsm', 'cw_inf', 'autoattack'}
+  with open(os.path.join(workdir, 'eval', 'report.md')) as f:
+    report = f.read()
+  assert '| cw_inf |' in report and '| after | robust accuracy (%) |' in report
+  assert 'reduced settings' in report  # quick's AutoAttack says so
+  assert '](robust_accuracy_vs_eps.png)' in report
+  assert os.path.getsize(os.path.join(workdir, 'eval',
+                                      'robust_accuracy_vs_eps.png')) > 1000
   assert os.path.exists(os.path.join(workdir, 'train', 'metrics.jsonl'))
   assert any(f.startswith('events.out.tfevents')
              for f in os.listdir(os.path.join(workdir, 'train')))
@@ -144,3 +164,40 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(npz_path,
   step, state = _restore_raw(os.path.join(workdir, 'train'))
   assert step == 2
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state['params']))
+
+
+def test_evaluate_config_evaluates_a_checkpoint_with_transfer(npz_path,
+                                                               tmp_path):
+  """`configs/evaluate.py --config.checkpoint=<run>`: model and test set from
+  the run's config.json; a transfer attack crafted on the model itself is
+  exactly the white-box attack."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  run_dir = str(tmp_path / 'run')
+  pipeline.run(_quick_config(npz_path, stages='train'), run_dir)
+  config = importlib.import_module('configs.evaluate').get_config('quick')
+  config.checkpoint = run_dir
+  config.eval.attacks = 'clean,pgd20_sat,cw_inf,square20'
+  config.eval.num_examples = 32
+  config.eval.checkpoints = 'last'
+  config.eval.autoattack.version = ''
+  config.eval.transfer.checkpoint = run_dir
+  config.eval.transfer.model.name = 'resnet8'
+  config.eval.transfer.which = 'last'
+  eval_dir = str(tmp_path / 'evaluation')
+  results = pipeline.run(config, eval_dir)
+  accuracy = results['last']['accuracy']
+  assert results['last']['step'] == 4 and accuracy['num_examples'] == 32
+  assert accuracy['transfer_pgd20_sat'] == accuracy['pgd20_sat']
+  assert accuracy['transfer_cw_inf'] == accuracy['cw_inf']
+  assert accuracy['square20'] <= accuracy['clean']
+  with open(os.path.join(eval_dir, 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['model']['name'] == 'resnet8'
+  assert saved['dataset']['test'] == 'npz:' + npz_path
+  with open(os.path.join(eval_dir, 'report.md')) as f:
+    report = f.read()
+  assert '| transfer_cw_inf |' in report and '| square20 |' in report
+  # A path without checkpoints: one clear error.
+  config.checkpoint = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='config.checkpoint'):
+    pipeline.run(config, eval_dir)
