@@ -128,7 +128,8 @@ def get_config(arg=None):
   config.eval.transfer = ml_collections.ConfigDict()
   config.eval.transfer.checkpoint = ''
   config.eval.transfer.which = 'best'
-  config.eval.transfer.model = ml_collections.ConfigDict({'name': ''})
+  config.eval.transfer.model = ml_collections.ConfigDict()
+  config.eval.transfer.model.name = ''
   config.eval.transfer.attacks = 'pgd20_sat,cw_inf'
   # The radio protocol (jard.evaluate_radio), used for radio sources.
   config.eval.radio = ml_collections.ConfigDict()

@@ -124,6 +124,7 @@ class AutoAttack:
       fns = {name: fns[name] for name in attacks}
     self.attacks = fns
     n = len(devices) if devices else jax.device_count()
+    self.num_devices = n
     if batch_size % n:
       raise ValueError(f'AutoAttack batch size {batch_size} must be divisible'
                        f' by the {n} devices.')
@@ -167,9 +168,17 @@ class AutoAttack:
   # -- batching ------------------------------------------------------------
 
   def _batches(self, images, labels, rows):
-    """Padded, masked global batches of the given dataset rows."""
-    b = self.batch_size
-    for start in range(0, len(rows), b):
+    """Padded, masked global batches of the given dataset rows.
+
+    A last batch with few rows is padded only to the next size
+    `devices × 2^k`, not to the full batch: inside a batch, masked points
+    still cost compute, and the few points left for the last attacks would
+    otherwise pay for a whole batch (at most log2(batch / devices) extra
+    shapes are compiled per attack).
+    """
+    full = self.batch_size
+    for start in range(0, len(rows), full):
+      b = self._tail_size(min(full, len(rows) - start))
       pos = np.arange(start, start + b)
       take = rows[np.minimum(pos, len(rows) - 1)]
       yield pos < len(rows), {
@@ -177,8 +186,33 @@ class AutoAttack:
           'index': take.astype(np.int32),
           'mask': (pos < len(rows)).astype(np.float32)}
 
+  def _tail_size(self, n: int) -> int:
+    size = self.num_devices
+    while size < n:
+      size *= 2
+    return min(size, self.batch_size)
+
   def _shard(self, batch):
     return parallel.shard_batch(batch, self.mode, self.devices)
+
+  def precompile(self, variables, image_shape, dtype=np.uint8) -> float:
+    """Compiles every step for every batch size `run` may use; seconds.
+
+    Runs each step once on an all-padding batch (no active point, so the
+    attacks skip their work), which leaves only compilation to time: a
+    benchmark then times the attacks alone.
+    """
+    start = time.perf_counter()
+    sizes = sorted({self._tail_size(n) for n in range(1, self.batch_size + 1)})
+    for size in sizes:
+      batch = {'image': np.zeros((size,) + tuple(image_shape), dtype),
+               'label': np.zeros((size,), np.int32),
+               'index': np.arange(size, dtype=np.int32),
+               'mask': np.zeros((size,), np.float32)}
+      jax.block_until_ready(self._clean(variables, self._shard(batch)))
+      for step in self._attacks.values():
+        jax.block_until_ready(step(variables, self._shard(batch)))
+    return time.perf_counter() - start
 
   # -- the evaluation ------------------------------------------------------
 
