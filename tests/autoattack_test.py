@@ -304,3 +304,21 @@ def test_rand_version_with_a_stochastic_model(natural_model):
                                   version='rand', n_iter=5))(
                                       x[:32], y[:32], _keys(32))
   assert np.asarray(out['robust']).mean() <= 0.1
+
+
+def test_randomized_model_is_flagged(robust_model):
+  """The reference's randomness check: 5 passes on the first batch."""
+  model, variables, ds = robust_model
+  runner = evaluate_autoattack.AutoAttack(model, batch_size=64,
+                                          attacks=('apgd-ce',), **FAST)
+  images, labels = ds.images[:64], ds.labels[:64]
+  assert 'randomized' not in runner._checks_before(variables, images,
+                                                   labels, 10)
+  rng = np.random.default_rng(0)
+  runner._logits = lambda v, x: model.apply(v, x).logits + rng.normal(
+      0, 0.05, (len(x), 10))
+  assert 'randomized' in runner._checks_before(variables, images, labels, 10)
+  warnings = runner._checks_before(variables, images, labels, 3)
+  assert 'n_classes' not in warnings  # apgd-ce alone needs no DLR
+  runner.attacks = {'apgd-t': None}
+  assert 'n_classes' in runner._checks_before(variables, images, labels, 3)

@@ -413,3 +413,48 @@ def test_fab_t_is_per_example_and_respects_active(natural_model, fab_run):
   np.testing.assert_array_equal(x_act[~active], np.asarray(x)[~active])
   np.testing.assert_array_equal(x_act[active], x_adv[active])
   np.testing.assert_array_equal(fooled_act[active], fooled[active])
+
+
+def test_untargeted_fab_goes_to_the_closest_boundary():
+  """Untargeted FAB (AutoAttack `plus`): it linearises towards the class of
+  smallest |z_k − z_y| / ‖∇(z_k − z_y)‖₁, here class 3 at 0.03, although
+  class 0 has the 2nd largest logit (the model of the test above)."""
+  w = np.zeros((4, 4), np.float32)
+  w[0, 0] = 1.0
+  w[1:3, 3] = 5.0
+  c = np.array([-0.6, -1.0, 0.0, -5.3], np.float32)
+  f = lambda z: z.reshape(z.shape[0], -1) @ w + c
+  x, y = jnp.full((1, 2, 2, 1), 0.5), jnp.array([2])
+  keys = jax.random.split(jax.random.key(0), 1)
+  run = jax.jit(lambda eps, r: fab_lib.fab_untargeted(
+      f, x, y, keys, eps=eps, n_iter=10, n_restarts=r), static_argnums=1)
+  x_adv, fooled = run(0.05, 1)
+  assert bool(fooled[0]) and int(jnp.argmax(f(x_adv), -1)[0]) == 3
+  np.testing.assert_allclose(float(jnp.abs(x_adv - x).max()),
+                             0.03 * _coefficients(10), rtol=1e-4)
+  for restarts in (1, 3):  # below the distance: clean input, not fooled
+    x_adv, fooled = run(0.02, restarts)
+    assert not bool(fooled[0])
+    np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(x))
+
+
+def test_untargeted_fab_invariants_on_an_undefended_model(natural_model):
+  f, x, y = natural_model
+  x, y = x[:32], y[:32]
+  keys = jax.random.split(jax.random.key(2), 32)
+  run = jax.jit(lambda eps, active: fab_lib.fab_untargeted(
+      f, x, y, keys, eps=eps, n_iter=10, n_restarts=2, active=active))
+  x_adv, fooled = run(8 / 255, jnp.ones(32, bool))
+  x_adv, fooled = np.asarray(x_adv), np.asarray(fooled)
+  assert fooled.mean() >= 0.95
+  delta = np.abs(x_adv - np.asarray(x)).reshape(32, -1).max(1)
+  assert delta.max() <= 8 / 255 + 1e-6
+  assert x_adv.min() >= 0 and x_adv.max() <= 1
+  pred = np.asarray(jnp.argmax(f(x_adv), -1))
+  assert np.all(pred[fooled] != np.asarray(y)[fooled])
+  active = np.arange(32) % 2 == 0
+  masked_x, masked = run(8 / 255, jnp.asarray(active))
+  assert not np.asarray(masked)[~active].any()
+  np.testing.assert_array_equal(np.asarray(masked)[active], fooled[active])
+  np.testing.assert_array_equal(np.asarray(masked_x)[~active],
+                                np.asarray(x)[~active])
