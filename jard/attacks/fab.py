@@ -291,7 +291,6 @@ def fab_t(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   """
   x = jax.lax.stop_gradient(x)
   batch = x.shape[0]
-  x0 = x.reshape(batch, -1)
   logits = logits_fn(x)
   n_classes = logits.shape[-1]
   if not 1 <= n_target_classes < n_classes:
@@ -299,27 +298,46 @@ def fab_t(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
                      f'{n_classes} classes, got {n_target_classes}.')
   if n_restarts < 1:
     raise ValueError(f'n_restarts must be at least 1, got {n_restarts}.')
-  active = (jnp.ones((batch,), bool) if active is None
-            else jnp.asarray(active, bool))
-  clean_ok = jnp.argmax(logits, -1) == labels
   ranked = jnp.argsort(logits, axis=-1)  # ascending: rank j at K − j
 
+  def targets_of(i):  # run i: target rank 2 + i // n_restarts
+    return jnp.take_along_axis(
+        ranked, jnp.full((batch, 1), n_classes - (2 + i // n_restarts)),
+        axis=1)[:, 0]
+
+  return _runs(logits_fn, x, labels, keys, logits, eps=eps,
+               n_runs=n_target_classes * n_restarts, n_restarts=n_restarts,
+               targets_of=targets_of, active=active, n_iter=n_iter,
+               alpha_max=alpha_max, eta=eta, beta=beta)
+
+
+def _runs(logits_fn, x, labels, keys, clean_logits, *, eps, n_runs,
+          n_restarts, targets_of, active, **fab_kw):
+  """Runs `fab` n_runs times on the points no earlier run fooled.
+
+  Run i attacks `targets_of(i)` (None: untargeted) from x when
+  `i % n_restarts == 0`, else from a random start (keys folded with i); a
+  run is skipped by `lax.cond` once no active point is left. Returns
+  `(x_adv, fooled)` as `fab_t`.
+  """
+  batch = x.shape[0]
+  x0 = x.reshape(batch, -1)
+  active = (jnp.ones((batch,), bool) if active is None
+            else jnp.asarray(active, bool))
+  clean_ok = jnp.argmax(clean_logits, -1) == labels
+
   def one_run(i, carry):
-    x_adv, fooled = carry
-    rank, restart = 2 + i // n_restarts, i % n_restarts
-    targets = jnp.take_along_axis(
-        ranked, jnp.full((batch, 1), n_classes - rank), axis=1)[:, 0]
-    todo = active & clean_ok & ~fooled
+    todo = active & clean_ok & ~carry[1]
 
     def attack(carry):
       x_adv, fooled = carry
       start = x0
       if n_restarts > 1:
         run_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-        start = jnp.where(restart > 0, _random_start(x0, run_keys, eps), x0)
-      best, best_norm, _ = _run(logits_fn, x0, x.shape, labels, targets,
-                                start, n_iter=n_iter, alpha_max=alpha_max,
-                                eta=eta, beta=beta)
+        start = jnp.where(i % n_restarts > 0,
+                          _random_start(x0, run_keys, eps), x0)
+      best, best_norm, _ = _run(logits_fn, x0, x.shape, labels,
+                                targets_of(i), start, **fab_kw)
       candidate, success = _check(logits_fn, x0, x.shape, labels, best,
                                   best_norm, eps)
       success = success & todo
@@ -328,9 +346,8 @@ def fab_t(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
 
     return jax.lax.cond(jnp.any(todo), attack, lambda c: c, carry)
 
-  init = (x0, jnp.zeros((batch,), bool))
-  x_adv, fooled = jax.lax.fori_loop(0, n_target_classes * n_restarts,
-                                    one_run, init)
+  x_adv, fooled = jax.lax.fori_loop(0, n_runs, one_run,
+                                    (x0, jnp.zeros((batch,), bool)))
   fooled = active & (fooled | ~clean_ok)
   x_adv = jnp.where((active & clean_ok & fooled)[:, None], x_adv, x0)
   return (jax.lax.stop_gradient(x_adv.reshape(x.shape)),
@@ -350,35 +367,10 @@ def fab_untargeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   run attacks only points no earlier run fooled. Otherwise as `fab_t`
   (same arguments and returns).
   """
+  if n_restarts < 1:
+    raise ValueError(f'n_restarts must be at least 1, got {n_restarts}.')
   x = jax.lax.stop_gradient(x)
-  batch = x.shape[0]
-  x0 = x.reshape(batch, -1)
-  active = (jnp.ones((batch,), bool) if active is None
-            else jnp.asarray(active, bool))
-  clean_ok = jnp.argmax(logits_fn(x), -1) == labels
-
-  def one_run(r, carry):
-    x_adv, fooled = carry
-    todo = active & clean_ok & ~fooled
-
-    def attack(carry):
-      x_adv, fooled = carry
-      run_keys = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
-      start = jnp.where(r > 0, _random_start(x0, run_keys, eps), x0)
-      best, best_norm, _ = _run(logits_fn, x0, x.shape, labels, None, start,
-                                n_iter=n_iter, alpha_max=alpha_max, eta=eta,
-                                beta=beta)
-      candidate, success = _check(logits_fn, x0, x.shape, labels, best,
-                                  best_norm, eps)
-      success = success & todo
-      return (jnp.where(success[:, None], candidate, x_adv),
-              fooled | success)
-
-    return jax.lax.cond(jnp.any(todo), attack, lambda c: c, carry)
-
-  x_adv, fooled = jax.lax.fori_loop(0, n_restarts, one_run,
-                                    (x0, jnp.zeros((batch,), bool)))
-  fooled = active & (fooled | ~clean_ok)
-  x_adv = jnp.where((active & clean_ok & fooled)[:, None], x_adv, x0)
-  return (jax.lax.stop_gradient(x_adv.reshape(x.shape)),
-          jax.lax.stop_gradient(fooled))
+  return _runs(logits_fn, x, labels, keys, logits_fn(x), eps=eps,
+               n_runs=n_restarts, n_restarts=n_restarts,
+               targets_of=lambda i: None, active=active, n_iter=n_iter,
+               alpha_max=alpha_max, eta=eta, beta=beta)
