@@ -322,8 +322,9 @@ def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
     surrogate_model = teacher_lib.build_model(transfer,
                                               test_ds.num_classes)
     surrogate = (surrogate_model, teacher_lib.load_variables(
-        teacher_lib.resolve_train_dir(transfer.checkpoint), surrogate_model, test_ds.images.shape[1:],
-        which=transfer.which, field='config.eval.transfer.checkpoint'))
+        teacher_lib.resolve_train_dir(transfer.checkpoint), surrogate_model,
+        test_ds.images.shape[1:], which=transfer.which,
+        field='config.eval.transfer.checkpoint', arch=transfer.model.name))
   results = {}
   try:
     wanted = [c.strip() for c in config.eval.checkpoints.split(',')]

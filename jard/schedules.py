@@ -5,7 +5,9 @@ Named schedules (`config.schedule.name`):
 * `'constant'`;
 * `'piecewise'`: PyTorch `MultiStepLR` semantics at *epoch* granularity:
   `lr · factor^{#{b ∈ boundaries : epoch ≥ b}}` with `epoch = step // S`;
-* `'cosine'`: per-step cosine decay to 0 over the whole run.
+* `'cosine'`: per-step cosine decay to 0 over the whole run;
+* `'piecewise_non_cumulative'`: the ARD/IAD lr bug (only the first boundary
+  acts), reproduced behind this name.
 
 Later methods add their own formulas with `register_schedule(name, fn)`, where
 `fn(epoch, *, base_lr, cfg)` maps the (integer, traced) epoch to a learning
@@ -29,7 +31,16 @@ def _piecewise(epoch, *, base_lr, cfg):
   return base_lr * cfg.get('factor', 0.1) ** cuts
 
 
-SCHEDULES = {'constant': _constant, 'piecewise': _piecewise}
+def _piecewise_non_cumulative(epoch, *, base_lr, cfg):
+  """ARD/IAD's released `adjust_learning_rate`: every boundary *sets* the lr
+  to base·factor (a local copy of the initial lr is multiplied), so only the
+  first boundary has an effect."""
+  first = min(tuple(cfg.get('boundaries', ())) or (1 << 30,))
+  return base_lr * cfg.get('factor', 0.1) ** (epoch >= first)
+
+
+SCHEDULES = {'constant': _constant, 'piecewise': _piecewise,
+             'piecewise_non_cumulative': _piecewise_non_cumulative}
 EPOCH_FN = Callable[..., jnp.ndarray]
 
 

@@ -107,7 +107,7 @@ def teacher_train_dir(config, name: str, workdir: str) -> str:
 
 
 def resolve_train_dir(path: str) -> str:
-  """A jard workdir's `train/` directory, or `path` itself."""
+  """A jard workdir's `train/` directory, or `path` itself (also a `.pt`)."""
   if os.path.isdir(os.path.join(path, 'train', 'checkpoints')):
     return os.path.join(path, 'train')
   return path
@@ -119,13 +119,31 @@ def build_model(spec, num_classes: int):
   return models.create_model(spec.model.name, num_classes, **kwargs)
 
 
+TORCH_SUFFIXES = ('.pt', '.pth')
+
+
+def is_torch_checkpoint(path: str) -> bool:
+  """A PyTorch state_dict file (converted by `jard.interop`)."""
+  return path.endswith(TORCH_SUFFIXES)
+
+
 def load_variables(train_dir: str, model, input_shape, *,
-                   which: str = 'best', field: str = 'checkpoint') -> dict:
+                   which: str = 'best', field: str = 'checkpoint',
+                   arch: Optional[str] = None) -> dict:
   """`{'params', 'batch_stats'}` of a jard training run, restored read-only.
 
   `which='best'` takes the best-by-metric save and falls back to the latest
-  when the run kept none.
+  when the run kept none. A `.pt`/`.pth` path is a PyTorch state_dict
+  (e.g. the TRADES `model_cifar_wrn.pt`), read with `weights_only=True` and
+  converted for registry model `arch` by `jard.interop`.
   """
+  if is_torch_checkpoint(train_dir):
+    from jard import interop  # pylint: disable=g-import-not-at-top
+    try:
+      return interop.convert(arch, interop.load_state_dict(train_dir), model,
+                             input_shape=tuple(input_shape))
+    except ValueError as e:
+      raise ValueError(f'{field}={train_dir!r}: {e}') from None
   if not os.path.isdir(os.path.join(train_dir, 'checkpoints')):
     raise FileNotFoundError(
         f'{field}: no jard checkpoints under {train_dir!r}; give a jard run '
@@ -169,7 +187,8 @@ def build_teachers(config, workdir: str, input_shape,
     model = build_model(spec, num_classes)
     variables = load_variables(
         teacher_train_dir(config, name, workdir), model, input_shape,
-        which=spec.which, field=f'config.teachers.{name}.checkpoint')
+        which=spec.which, field=f'config.teachers.{name}.checkpoint',
+        arch=spec.model.name)
     teachers[name] = Teacher(model, variables)
   return teachers
 

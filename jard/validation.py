@@ -18,6 +18,7 @@ from jard import methods
 from jard import models
 from jard import parallel
 from jard import schedules
+from jard import teachers as teachers_lib
 from jard import train as train_lib
 from jard.methods import atard
 from jard.methods import base as method_base
@@ -49,6 +50,22 @@ def stages(config) -> tuple[str, ...]:
          f'config.stages={config.stages!r}: unknown stage(s) {unknown}; use a '
          f'comma-separated subset of {STAGES} in order.')
   return names
+
+
+def _check_checkpoint_path(path: str, arch: str, field: str) -> None:
+  """A jard run directory, or a PyTorch file of a convertible model."""
+  if teachers_lib.is_torch_checkpoint(path):
+    _check(os.path.isfile(path), f'{field}={path!r} does not exist.')
+    from jard import interop  # pylint: disable=g-import-not-at-top
+    _check(arch in interop.CONVERTERS,
+           f'{field}={path!r} is a PyTorch file, but its model {arch!r} has no'
+           f' converter; jard.interop converts {sorted(interop.CONVERTERS)}.')
+    return
+  _check(os.path.isdir(path),
+         f'{field}={path!r} is not a directory; give a jard run workdir (or '
+         'its train/ dir), a PyTorch .pt/.pth state_dict of a supported '
+         'architecture, or leave it empty to train the teacher in the '
+         'teachers stage.')
 
 
 def _validate_image_eval(config) -> None:
@@ -90,6 +107,8 @@ def _validate_image_eval(config) -> None:
     _check(transfer.model.name in models.MODELS,
            f'config.eval.transfer.model.name={transfer.model.name!r}; name '
            f'the surrogate\'s architecture, one of {sorted(models.MODELS)}.')
+    _check_checkpoint_path(transfer.checkpoint, transfer.model.name,
+                           'config.eval.transfer.checkpoint')
     _check(transfer.which in ('best', 'last'),
            f'config.eval.transfer.which={transfer.which!r}; use "best" or '
            '"last".')
@@ -145,10 +164,8 @@ def _validate_teachers(config) -> None:
     _check(spec.which in ('best', 'last'),
            f'{field}.which={spec.which!r}; use "best" or "last".')
     if spec.checkpoint:
-      _check(os.path.isdir(spec.checkpoint),
-             f'{field}.checkpoint={spec.checkpoint!r} is not a directory; give'
-             ' a jard run workdir (or its train/ dir), or leave it empty to '
-             'train the teacher in the teachers stage.')
+      _check_checkpoint_path(spec.checkpoint, spec.model.name,
+                             f'{field}.checkpoint')
     else:
       recipe_method = spec.recipe.get('method', {}).get('name')
       _check(recipe_method in methods.METHODS and not

@@ -5,6 +5,7 @@ from jard.attacks.pgd import fgsm
 from jard.attacks.pgd import INITS
 from jard.attacks.pgd import NORMS
 from jard.attacks.pgd import pgd
+from jard.attacks.pgd import pgd_with_state
 from jard.attacks.pgd import project
 from jard.attacks.pgd import random_start
 from jard.attacks import radio

@@ -136,25 +136,56 @@ def pgd(loss_fn: LossFn, x: jax.Array, key: jax.Array, *, eps,
   References: Madry et al., "Towards Deep Learning Models Resistant to
   Adversarial Attacks", ICLR 2018.
   """
+  stateless = lambda z, state: (loss_fn(z), state)
+  x_adv, _ = pgd_with_state(stateless, x, key, None, eps=eps,
+                            step_size=step_size, steps=steps, norm=norm,
+                            init=init, bounds=bounds)
+  return x_adv
+
+
+def pgd_with_state(loss_fn, x: jax.Array, key: jax.Array, state, *, eps,
+                   step_size, steps: int, norm: str = 'linf',
+                   init: str = 'U', bounds: Bounds = (0.0, 1.0)):
+  """`pgd` whose loss threads a state through the steps.
+
+  For attacks on a student in *train* mode (ARD, IAD): every forward pass
+  uses batch statistics and updates the BatchNorm running averages, as
+  PyTorch does, so `state` (the `batch_stats`) changes at every step.
+
+  Args:
+    loss_fn: `(x_adv, state) -> ([B] loss, state)`.
+    x, key, eps, step_size, steps, norm, init, bounds: as `pgd`.
+    state: the initial state (a pytree).
+
+  Returns:
+    `(x_adv, state)` after `steps` steps (the state has seen `steps`
+    forward passes).
+  """
   _validate(norm, init, steps)
   x = jax.lax.stop_gradient(x)
   eps_b = _per_example(eps, x)
   alpha = _per_example(step_size, x)
-  grad_fn = jax.grad(lambda z: jnp.sum(loss_fn(z)))
 
-  def body(_, x_adv):
-    g = grad_fn(x_adv)
+  def total(z, state):
+    per_example, state = loss_fn(z, state)
+    return jnp.sum(per_example), state
+
+  grad_fn = jax.grad(total, has_aux=True)
+
+  def body(_, carry):
+    x_adv, state = carry
+    g, state = grad_fn(x_adv, state)
     if norm == 'linf':
       step = jnp.sign(g)
     else:
       step = g / jnp.maximum(_l2_norm(g), 1e-12)
-    return project(x_adv + alpha * step, x, eps_b, norm, bounds)
+    return project(x_adv + alpha * step, x, eps_b, norm, bounds), state
 
   x_adv = random_start(x, key, eps=eps, init=init, norm=norm, bounds=bounds)
   if steps == 0:  # No step projects the (unclipped 'N') start: do it here.
     x_adv = project(x_adv, x, eps_b, norm, bounds)
-  x_adv = jax.lax.fori_loop(0, steps, body, x_adv)
-  return jax.lax.stop_gradient(x_adv)
+  x_adv, state = jax.lax.fori_loop(0, steps, body, (x_adv, state))
+  return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(state)
 
 
 def fgsm(loss_fn: LossFn, x: jax.Array, *, eps, norm: str = 'linf',

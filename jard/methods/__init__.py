@@ -1,6 +1,7 @@
 """Method registry: name -> `Method` (see `jard.methods.base`)."""
 
 from jard.methods import atard
+from jard.methods import distillation
 from jard.methods import standard
 from jard.methods.base import AttackSpec
 from jard.methods.base import Context
@@ -13,6 +14,11 @@ METHODS = {
     'trades': standard.TRADES,
     'mart': standard.MART,
     'atard': atard.ATARD,
+    'ard': distillation.ARD,
+    'iad': distillation.IAD,
+    'rslad': distillation.RSLAD,
+    'mtard': distillation.MTARD,
+    'adaad': distillation.ADAAD,
 }
 
 

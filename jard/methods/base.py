@@ -70,6 +70,17 @@ class AttackSpec:
                        norm=self.norm, init=self.init, bounds=self.bounds)
 
 
+  def pgd_with_state(self, loss_fn, x, keys, state):
+    """`attacks.pgd_with_state`: the loss threads a state (train-mode BN)."""
+    if self.budget != 'absolute':
+      raise ValueError('a train-mode (stateful) attack supports only '
+                       'config.attack.train.budget="absolute".')
+    return attacks.pgd_with_state(loss_fn, x, keys, state, eps=self.eps,
+                                  step_size=self.step_size, steps=self.steps,
+                                  norm=self.norm, init=self.init,
+                                  bounds=self.bounds)
+
+
 @dataclasses.dataclass(frozen=True)
 class Teacher:
   """A frozen teacher: model, variables (params and batch_stats)."""

@@ -132,8 +132,10 @@ def wrn(depth: int, width: int, **defaults):
   """Constructor for WRN-`depth`-`width`; `defaults` are WideResNet fields."""
 
   def make(num_classes=10, **kw):
-    return WideResNet(depth=depth, width=width, num_classes=num_classes,
-                      **{**defaults, **kw})
+    # Depth and width are defaults too: `create_model('wrn34_10', depth=16)`
+    # builds the same family smaller (tests, imported checkpoints).
+    return WideResNet(num_classes=num_classes,
+                      **{'depth': depth, 'width': width, **defaults, **kw})
   return make
 
 
