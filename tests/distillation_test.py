@@ -228,6 +228,8 @@ def _quick(name, npz_path, **overrides):
   config.eval.curve_epsilons = ''
   config.eval.attacks = 'clean,pgd20_sat'
   config.eval.num_examples = 32
+  config.eval.checkpoints = 'last'
+  config.select.metric = ''  # no per-epoch selection pass: fewer compiles
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split('.')
