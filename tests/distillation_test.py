@@ -284,3 +284,30 @@ def test_mtard_two_teachers_and_state_restored_on_resume(npz_path, tmp_path):
                resumed['params'])
   for teacher in ('robust', 'natural'):
     assert os.path.isdir(tmp_path / 'full' / 'teachers' / teacher / 'train')
+
+
+def test_teacher_variables_are_bit_identical_after_training_steps(
+    npz_path, tmp_path):
+  """The frozen teachers (params and batch statistics) enter the compiled
+  step as arguments and come out untouched; the student moves."""
+  from jard import data as data_lib  # pylint: disable=g-import-not-at-top
+  from jard import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = _quick('iad', npz_path, stages='teachers')
+  pipeline.run(config, str(tmp_path))  # trains the teacher
+  config = _quick('iad', npz_path, num_train_steps=3)
+  ds = data_lib.load('npz:' + npz_path, role='train', field='t',
+                     num_classes=10, image_size=32)
+  from jard import teachers as teacher_lib  # pylint: disable=g-import-not-at-top
+  frozen = teacher_lib.build_teachers(config, str(tmp_path), (32, 32, 3), 10)
+  before = jax.tree.map(np.array, frozen['robust'].variables)
+  assert jax.tree.leaves(before['batch_stats'])  # BatchNorm stats exist
+  model = pipeline.build_model(config, 10)
+  state, _ = train_lib.train(config, str(tmp_path / 'student'), model=model,
+                             method=methods.get_method('iad'), train_ds=ds,
+                             teachers=frozen)
+  jax.tree.map(np.testing.assert_array_equal, before,
+               jax.tree.map(np.array, frozen['robust'].variables))
+  again = teacher_lib.build_teachers(config, str(tmp_path), (32, 32, 3), 10)
+  jax.tree.map(np.testing.assert_array_equal, before,
+               jax.tree.map(np.array, again['robust'].variables))
+  assert int(state.step) == 3
