@@ -311,3 +311,29 @@ def test_teacher_variables_are_bit_identical_after_training_steps(
   jax.tree.map(np.testing.assert_array_equal, before,
                jax.tree.map(np.array, again['robust'].variables))
   assert int(state.step) == 3
+
+
+def test_distillation_baselines_share_the_teacher_and_compare(npz_path,
+                                                              tmp_path):
+  """An image config with `baselines` (a PGD-AT student and ARD next to
+  RSLAD): one teacher trained once, every student evaluated, and the
+  comparison report in the workdir."""
+  import json  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = _quick('rslad', npz_path)
+  config.baselines.at = ml_collections.ConfigDict(
+      {'method': {'name': 'pgd_at'}})
+  config.baselines.ard = ml_collections.ConfigDict(
+      {'method': {'name': 'ard', 'alpha': 1.0, 'temperature': 30.0}})
+  workdir = str(tmp_path / 'run')
+  pipeline.run(config, workdir)
+  assert os.listdir(os.path.join(workdir, 'teachers')) == ['robust']
+  for name in ('at', 'ard'):
+    assert os.path.isdir(os.path.join(workdir, 'baselines', name, 'eval'))
+  with open(os.path.join(workdir, 'results.json')) as f:
+    compared = json.load(f)
+  assert len(compared) == 3  # two baselines and the student
+  with open(os.path.join(workdir, 'report.md')) as f:
+    report = f.read()
+  assert 'ard (ard/resnet8)' in report and 'at (pgd_at/resnet8)' in report
+  assert 'student (rslad/resnet8)' in report

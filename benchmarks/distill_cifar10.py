@@ -1,0 +1,121 @@
+r"""Distillation baselines on the 10k CIFAR-10 subset from one PGD-AT teacher.
+
+One pipeline run (`configs/rslad.py` changed as below) trains the teacher
+once, then RSLAD and, as `config.baselines`, a PGD-AT student, ARD and
+AdaAD: all students the same architecture, trained equally long with the
+same attack budget, each method with its own inner loss, init, BatchNorm
+mode and KL reduction. Every student is evaluated (clean, PGD-20, CW∞) on a
+fixed test subset, and the comparison goes to
+`benchmarks/results/distill_cifar10.md`.
+
+CPU budget (2 cores): the teacher is a ResNet-20, the students ResNet-8,
+and training attacks use `--attack_steps` steps of 2.5·ε/steps (the papers
+use 10 × 2/255), the same for every student.
+
+    python benchmarks/distill_cifar10.py                 # defaults below
+    python benchmarks/distill_cifar10.py --student_epochs=10
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import rslad as rslad_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jard import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('data_dir', '../shared/data/cifar10', 'npz directory.')
+flags.DEFINE_string('workdir', 'runs/bench_distill', 'Work directory.')
+flags.DEFINE_string('teacher', 'resnet20', 'Teacher architecture.')
+flags.DEFINE_string('student', 'resnet8', 'Student architecture.')
+flags.DEFINE_integer('teacher_epochs', 8, 'Teacher PGD-AT epochs.')
+flags.DEFINE_integer('student_epochs', 8, 'Epochs of every student.')
+flags.DEFINE_integer('attack_steps', 5, 'Training attack steps (all runs).')
+flags.DEFINE_integer('eval_examples', 1000, 'Test images evaluated.')
+flags.DEFINE_integer('train_examples', -1, 'Smoke runs: fewer training '
+                     'images (-1: all 10k).')
+flags.DEFINE_string('out', 'distill_cifar10', 'Result file stem.')
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EPS = 8 / 255
+
+
+def make_config():
+  data_dir = os.path.abspath(FLAGS.data_dir)
+  config = rslad_config.get_config()
+  config.model.name = FLAGS.student
+  config.dataset.train = 'npz:' + os.path.join(data_dir, 'train_10k.npz')
+  config.dataset.test = 'npz:' + os.path.join(data_dir, 'test.npz')
+  config.num_epochs = FLAGS.student_epochs
+  config.dataset.train_examples = FLAGS.train_examples
+  config.schedule.name = 'cosine'
+  config.attack.train.steps = FLAGS.attack_steps
+  config.attack.train.step_size = 2.5 * EPS / FLAGS.attack_steps
+  config.select.metric = 'pgd20_sat'
+  config.select.num_examples = 500
+  config.log_every_steps = 20
+  config.progress_bar = False
+  config.eval.attacks = 'clean,pgd20_sat,cw_inf'
+  config.eval.num_examples = FLAGS.eval_examples
+  config.eval.autoattack.version = ''  # AutoAttack: benchmarks/autoattack_*
+  config.eval.curve_epsilons = ''
+  config.eval.batch_size = 500
+  # One PGD-AT teacher (Madry recipe, init U) for every student.
+  config.teachers.robust = default.teacher(FLAGS.teacher, method='pgd_at')
+  recipe = config.teachers.robust.recipe
+  recipe.num_epochs = FLAGS.teacher_epochs
+  recipe.attack = ml_collections.ConfigDict({'train': {'init': 'U'}})
+  # Students next to RSLAD; method-specific settings come with the method
+  # group (init: ARD uses U, AdaAD N, as their configs).
+  config.baselines.pgd_at = ml_collections.ConfigDict(
+      {'method': {'name': 'pgd_at'}, 'attack': {'train': {'init': 'U'}}})
+  config.baselines.ard = ml_collections.ConfigDict(
+      {'method': {'name': 'ard', 'alpha': 1.0, 'temperature': 30.0},
+       'attack': {'train': {'init': 'U'}}})
+  config.baselines.adaad = ml_collections.ConfigDict(
+      {'method': {'name': 'adaad', 'alpha': 1.0, 'reduction': 'em'}})
+  return config
+
+
+def main(argv):
+  del argv
+  config = make_config()
+  start = time.time()
+  pipeline.run(config, FLAGS.workdir)
+  wall = time.time() - start
+  with open(os.path.join(FLAGS.workdir, 'results.json')) as f:
+    compared = json.load(f)
+  lines = [
+      '# Distillation baselines on the 10k CIFAR-10 subset', '',
+      f'Machine: {platform.processor() or platform.machine()}, '
+      f'{os.cpu_count()} CPU cores, devices {jax.devices()}, jax '
+      f'{jax.__version__}. Wall time {wall / 60:.1f} min.', '',
+      f'Teacher: {FLAGS.teacher}, PGD-AT {FLAGS.teacher_epochs} epochs. '
+      f'Students: {FLAGS.student}, {FLAGS.student_epochs} epochs each, '
+      f'training attacks {FLAGS.attack_steps} steps of '
+      f'{2.5 / FLAGS.attack_steps:.2f}·ε at ε = 8/255, SGD 0.1 cosine. '
+      f'Evaluation on {FLAGS.eval_examples} test images (fixed subset); '
+      'the best checkpoint by PGD-20 on 500 test images.', '',
+      '| model | clean (%) | PGD-20 (%) | CW∞ (%) |', '|---|---|---|---|']
+  for name, res in compared.items():
+    acc = res['accuracy']
+    lines.append(f'| {name} | {100 * acc["clean"]:.2f} | '
+                 f'{100 * acc["pgd20_sat"]:.2f} | {100 * acc["cw_inf"]:.2f} |')
+  out = os.path.join(HERE, 'results', FLAGS.out + '.md')
+  with open(out, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+  app.run(main)
