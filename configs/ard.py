@@ -26,14 +26,7 @@ def get_config(arg=None):
   config.method.alpha = 1.0
   config.method.temperature = 30.0
   config.teachers.robust = default.trades_teacher()
-  config.attack.train.init = 'U'
-  config.optimizer.weight_decay = 2e-4
-  config.num_epochs = 200
-  config.schedule.boundaries = (100, 150)
-  # The released helper re-sets lr = 0.1·lr at each boundary (one decay).
-  config.schedule.name = ('piecewise_non_cumulative' if 'lr_bug' in args
-                          else 'piecewise')
-  config.select.metric = 'pgd20_sat'
+  default.ard_training(config, lr_bug='lr_bug' in args)
   if 'quick' in args:
     default.quick_distillation(config)
   return config

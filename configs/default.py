@@ -190,6 +190,21 @@ def natural_teacher(model_name: str = 'resnet56', **kw):
   return spec
 
 
+def ard_training(config, lr_bug: bool = False):
+  """ARD's and IAD's shared recipe: init U, SGD wd 2e-4, 200 epochs, lr ×0.1
+  at 100 and 150, best PGD-20 checkpoint. Their released lr helper re-sets
+  lr = 0.1·lr at each boundary, so only one decay acts: `lr_bug=True`
+  reproduces it (`piecewise_non_cumulative`); the default decays twice."""
+  config.attack.train.init = 'U'
+  config.optimizer.weight_decay = 2e-4
+  config.num_epochs = 200
+  config.schedule.boundaries = (100, 150)
+  config.schedule.name = ('piecewise_non_cumulative' if lr_bug
+                          else 'piecewise')
+  config.select.metric = 'pgd20_sat'
+  return config
+
+
 def quick_distillation(config):
   """`quick` for a distillation config: tiny teachers trained for 4 steps."""
   quick(config)

@@ -31,13 +31,7 @@ def get_config(arg=None):
   config.teachers.robust.recipe.num_epochs = 110
   config.teachers.robust.recipe.schedule = ml_collections.ConfigDict(
       {'name': 'piecewise', 'boundaries': (100, 105)})
-  config.attack.train.init = 'U'
-  config.optimizer.weight_decay = 2e-4
-  config.num_epochs = 200
-  config.schedule.boundaries = (100, 150)
-  config.schedule.name = ('piecewise_non_cumulative' if 'lr_bug' in args
-                          else 'piecewise')
-  config.select.metric = 'pgd20_sat'
+  default.ard_training(config, lr_bug='lr_bug' in args)
   if 'quick' in args:
     default.quick_distillation(config)
     config.method.begin = 0  # exercise the introspection term

@@ -337,3 +337,17 @@ def test_distillation_baselines_share_the_teacher_and_compare(npz_path,
     report = f.read()
   assert 'ard (ard/resnet8)' in report and 'at (pgd_at/resnet8)' in report
   assert 'student (rslad/resnet8)' in report
+
+
+def test_ard_lr_bug_flag_reproduces_the_one_decay_schedule():
+  """Fixed by default (×0.1 at 100 and 150); `:lr_bug` keeps the released
+  helper's behaviour (0.01 from epoch 100 on)."""
+  from jard import schedules  # pylint: disable=g-import-not-at-top
+  for arg, want in (('', [0.1, 0.01, 0.01, 0.001]),
+                    ('lr_bug', [0.1, 0.01, 0.01, 0.01])):
+    config = importlib.import_module('configs.ard').get_config(arg)
+    lr = schedules.make_schedule(
+        config.schedule.name, base_lr=config.optimizer.lr, steps_per_epoch=1,
+        total_steps=200, cfg=config.schedule.to_dict())
+    got = [float(lr(epoch)) for epoch in (99, 100, 149, 150)]
+    np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=arg)
