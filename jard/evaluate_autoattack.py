@@ -249,9 +249,7 @@ class AutoAttack:
                  self.version, 100 * accuracy['clean'], n)
 
     robust = clean.copy()
-    x_adv = data_lib.to_float(images[rows]) if images.dtype == np.uint8 \
-        else np.asarray(images[rows], np.float32)
-    x_adv = np.array(x_adv, np.float32)
+    x_adv = np.array(data_lib.to_float(images[rows]), np.float32)
     broken_by = {}
     for name, step in self._attacks.items():
       start = time.perf_counter()
@@ -284,8 +282,7 @@ class AutoAttack:
 
   def _checks_before(self, variables, images, labels, num_classes) -> dict:
     warnings = {}
-    x = data_lib.to_float(images) if images.dtype == np.uint8 else images
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(data_lib.to_float(images))
     names = list(self.attacks)
     if any(n in names for n in ('apgd-dlr', 'apgd-t')) and num_classes <= 3:
       warnings['n_classes'] = (
@@ -333,7 +330,7 @@ class AutoAttack:
             f'{100 * (best - accuracy["square"]):.2f} points below the white-'
             'box attacks: the evaluation may be unreliable (gradient '
             'masking); run Square longer or an adaptive attack.')
-    x = data_lib.to_float(images) if images.dtype == np.uint8 else images
+    x = np.asarray(data_lib.to_float(images))
     delta = np.abs(x_adv - x).reshape(len(x), -1).max(-1)
     problems = []
     if np.isnan(x_adv).any():
