@@ -85,6 +85,9 @@ def main(argv):
   model = models.create_model(run_config['model']['name'], 10, **model_kwargs)
   variables = teachers.load_variables(train_dir, model, (32, 32, 3),
                                       which='last', field='--checkpoint')
+  # The step attacked: a run stopped early says so instead of its recipe.
+  step = max((int(d) for d in os.listdir(os.path.join(train_dir, 'checkpoints'))
+              if d.isdigit()), default=None)
 
   runner = evaluate_autoattack.AutoAttack(model, batch_size=FLAGS.batch_size)
   compile_seconds = runner.precompile(variables, test_ds.images.shape[1:])
@@ -104,7 +107,8 @@ def main(argv):
       f' devices {jax.devices()}, jax {jax.__version__}.', '',
       f'Model: `{run_config["model"]["name"]}` from `{checkpoint}` '
       f'({run_config["method"]["name"]}, {run_config["num_epochs"]} epochs '
-      f'on {os.path.basename(run_config["dataset"]["train"])}). '
+      f'on {os.path.basename(run_config["dataset"]["train"])}; the last '
+      f'checkpoint, step {step}). '
       + (f'Training took {train_seconds / 60:.1f} min.'
          if not FLAGS.checkpoint and train_seconds > 10 else ''),
       '',
@@ -131,7 +135,7 @@ def main(argv):
   with open(os.path.join(HERE, 'results', FLAGS.out + '.md'), 'w') as f:
     f.write('\n'.join(lines))
   with open(os.path.join(HERE, 'results', FLAGS.out + '.json'), 'w') as f:
-    json.dump({**summary, 'compile_seconds': compile_seconds,
+    json.dump({**summary, 'compile_seconds': compile_seconds, 'step': step,
                'points_attacked': attacked}, f, indent=2)
   print('\n'.join(lines))
 

@@ -220,9 +220,12 @@ def quick_distillation(config):
 
 
 def parse_arg(arg):
-  """`'quick,foo=1'` -> {'quick': True, 'foo': '1'} (big_vision style)."""
+  """`'quick,foo=1'` -> {'quick': True, 'foo': '1'} (big_vision style).
+
+  `:` separates variants too: `configs/smaraad.py:plus:quick`.
+  """
   out = {}
-  for part in (arg or '').split(','):
+  for part in (arg or '').replace(':', ',').split(','):
     if part:
       key, sep, value = part.partition('=')
       out[key] = value if sep else True

@@ -22,6 +22,7 @@ from jard import teachers as teachers_lib
 from jard import train as train_lib
 from jard.methods import atard
 from jard.methods import base as method_base
+from jard.methods import smaraad
 
 STAGES = ('teachers', 'train', 'eval')
 
@@ -204,6 +205,28 @@ def _validate_atard(config) -> None:
          f'layer {needed}, but the teacher has {teacher_depth} layers.')
 
 
+def _validate_smaraad(config) -> None:
+  hp = config.method
+  _check(hp.get('cam_class', 'label') in smaraad.CAM_CLASSES,
+         f'config.method.cam_class={hp.get("cam_class")!r}; choose one of '
+         f'{smaraad.CAM_CLASSES}.')
+  for field, low, high in (('gamma', 0.0, None), ('alpha', 0.0, 1.0),
+                           ('lam', 0.0, None)):
+    value = hp.get(field, 1.0)
+    _check(isinstance(value, (int, float)) and value >= low
+           and (high is None or value <= high),
+           f'config.method.{field}={value!r} must be a number >= {low}'
+           + (f' and <= {high}.' if high is not None else '.'))
+  # CAMs need a spatial feature map and a GAP → Dense head.
+  for field, name in [('config.model.name', config.model.name)] + [
+      (f'config.teachers.{t}.model.name', config.teachers[t].model.name)
+      for t in config.teachers]:
+    _check(not name.startswith('amc'),
+           f'{field}={name!r}: {config.method.name} aligns CAMs, which need a '
+           'CNN with a global-average-pool → Dense head (resnet*, wrn*, '
+           'mobilenet_v2, preact_resnet18).')
+
+
 def validate(config) -> None:
   """Checks names, ranges and divisibility; raises ConfigError."""
   _check(config.model.name in models.MODELS,
@@ -243,6 +266,8 @@ def validate(config) -> None:
   _validate_teachers(config)
   if config.method.name == 'atard':
     _validate_atard(config)
+  if config.method.name in ('smaraad', 'smaraad_pp'):
+    _validate_smaraad(config)
   for field in ('batch_size', 'eval.batch_size', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints',
                 'select.every_epochs'):

@@ -2,6 +2,7 @@
 
 from jard.methods import atard
 from jard.methods import distillation
+from jard.methods import smaraad
 from jard.methods import standard
 from jard.methods.base import AttackSpec
 from jard.methods.base import Context
@@ -19,6 +20,8 @@ METHODS = {
     'rslad': distillation.RSLAD,
     'mtard': distillation.MTARD,
     'adaad': distillation.ADAAD,
+    'smaraad': smaraad.SMARAAD,
+    'smaraad_pp': smaraad.SMARAAD_PP,
 }
 
 
