@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from jard import cam_report
 from jard import losses
 from jard import methods
 from jard import pipeline
@@ -435,6 +436,41 @@ def test_quick_runs_end_to_end_and_resumes(variant, npz_path, tmp_path):
       assert mngr.latest_step() == 4
       return mngr.restore(4, args=ocp.args.StandardRestore())['params']
   jax.tree.map(np.testing.assert_array_equal, params(full), params(split))
+  # The CAM command on the finished run: its teacher, a grid, the MSEs.
+  result = cam_report.report(full, num_examples=20)
+  assert result['num_examples'] == 20
+  assert 0 <= result['clean'] <= 1 and 0 <= result['adversarial'] <= 1
+  assert os.path.getsize(os.path.join(full, 'cam', cam_report.GRID)) > 1000
+
+
+def test_cam_compare_equals_the_direct_mean_alignment(tmp_path):
+  """`cam_report.compare`: batched and padded, the clean MSE is the mean of
+  L_align over the images; the adversarial images stay in the ε-ball."""
+  student_model, teacher_model = _small_cnn(8, (1, 1)), _small_cnn(4, (1,))
+  rng = np.random.default_rng(10)
+  images = rng.integers(0, 256, (10, 8, 8, 3), np.uint8)
+  labels = rng.integers(0, C, 10)
+  x = jnp.asarray(images, jnp.float32) / 255
+  s_vars = student_model.init(jax.random.key(0), x)
+  t_vars = teacher_model.init(jax.random.key(1), x)
+  result = cam_report.compare((student_model, s_vars),
+                              (teacher_model, t_vars), images, labels,
+                              batch_size=4, grid_examples=3)
+  s_cam = cam_lib.normalized_cam(student_model.apply(s_vars, x).features,
+                                 s_vars['params']['head']['kernel'], labels)
+  t_cam = cam_lib.normalized_cam(teacher_model.apply(t_vars, x).features,
+                                 t_vars['params']['head']['kernel'], labels)
+  want = float(jnp.mean(cam_lib.cam_alignment(s_cam, t_cam)))
+  np.testing.assert_allclose(result['clean'], want, rtol=1e-5)
+  assert result['num_examples'] == 10 and result['adversarial'] > 0
+  grid = result['grid']
+  assert grid['images'].shape == (3, 8, 8, 3)
+  assert np.max(np.abs(grid['adversarial'] - grid['images'])) <= 8 / 255 + 1e-6
+  assert grid['teacher_clean'].shape == (3, 8, 8)
+  assert grid['student_adversarial'].shape == (3, 4, 4)
+  path = str(tmp_path / 'grid.png')
+  cam_report.write_grid(path, grid, title='t')
+  assert os.path.getsize(path) > 1000
 
 
 def test_losses_package_exports_the_modules():
