@@ -1,24 +1,27 @@
-r"""Distillation baselines on the 10k CIFAR-10 subset from one PGD-AT teacher.
+r"""Distillation on the 10k CIFAR-10 subset from one PGD-AT teacher.
 
-One pipeline run (`configs/rslad.py` changed as below) trains the teacher
-once, then RSLAD and, as `config.baselines`, a PGD-AT student, ARD and
-AdaAD: all students the same architecture, trained equally long with the
-same attack budget, each method with its own inner loss, init, BatchNorm
-mode and KL reduction. Every student is evaluated (clean, PGD-20, CW∞) on a
-fixed test subset, and the comparison goes to
-`benchmarks/results/distill_cifar10.md`.
+One pipeline run (`configs/rslad.py` changed as below) takes the teacher
+(`--teacher_checkpoint`, or trains one), then RSLAD and, as
+`config.baselines`, a PGD-AT student, ARD, AdaAD, SmaraAD and SmaraAD++: all
+students the same architecture, trained equally long with the same attack
+budget, each method with its own inner loss, init, BatchNorm mode and KL
+reduction. Every student is evaluated (clean, PGD-20, CW∞) on a fixed test
+subset at its last checkpoint, and its teacher↔student CAM MSE is measured
+on clean and PGD-20 images (`jard.cam_report`). The comparison goes to
+`benchmarks/results/distill_cifar10.md` (+ `.json` and a SmaraAD CAM grid).
 
 CPU budget (2 cores): the teacher is a ResNet-20, the students ResNet-8,
 and training attacks use `--attack_steps` steps of 2.5·ε/steps (the papers
 use 10 × 2/255), the same for every student.
 
-    python benchmarks/distill_cifar10.py                 # defaults below
+    python benchmarks/distill_cifar10.py --teacher_checkpoint=<pgd_at run>
     python benchmarks/distill_cifar10.py --student_epochs=10
 """
 
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -31,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import rslad as rslad_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jard import cam_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jard import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -46,6 +50,9 @@ flags.DEFINE_integer('attack_steps', 5, 'Training attack steps (all runs).')
 flags.DEFINE_integer('eval_examples', 1000, 'Test images evaluated.')
 flags.DEFINE_integer('train_examples', -1, 'Smoke runs: fewer training '
                      'images (-1: all 10k).')
+flags.DEFINE_bool('smaraad', True, 'Also train SmaraAD and SmaraAD++.')
+flags.DEFINE_integer('cam_examples', 1000, 'Test images of the teacher↔'
+                     'student CAM MSE (0: skip).')
 flags.DEFINE_string('out', 'distill_cifar10', 'Result file stem.')
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -90,16 +97,26 @@ def make_config():
        'attack': {'train': {'init': 'U'}}})
   config.baselines.adaad = ml_collections.ConfigDict(
       {'method': {'name': 'adaad', 'alpha': 1.0, 'reduction': 'em'}})
+  if FLAGS.smaraad:  # issue 6: SmaraAD and SmaraAD++ on the same budget
+    for name in ('smaraad', 'smaraad_pp'):
+      config.baselines[name] = ml_collections.ConfigDict(
+          {'method': {'name': name, 'gamma': 1000.0, 'c': 2.0, 'alpha': 1.0,
+                      'lam': 0.1, 'cam_class': 'label'}})
   return config
+
+
+def _run_dir(label: str) -> str:
+  """The workdir of a compared run, from its comparison label."""
+  first = label.split(' ')[0]
+  return {'student': FLAGS.workdir,
+          'teacher': os.path.join(FLAGS.workdir, 'teachers', 'robust')}.get(
+              first, os.path.join(FLAGS.workdir, 'baselines', first))
 
 
 def _images_per_second(label: str) -> float:
   """Training throughput of a compared run, from its train_stats.json."""
-  first = label.split(' ')[0]
-  train_dir = {'student': 'train', 'teacher': 'teachers/robust/train'}.get(
-      first, os.path.join('baselines', first, 'train'))
   try:
-    with open(os.path.join(FLAGS.workdir, train_dir, 'train_stats.json')) as f:
+    with open(os.path.join(_run_dir(label), 'train', 'train_stats.json')) as f:
       return json.load(f)['images_per_sec']
   except (OSError, KeyError, ValueError):
     return float('nan')
@@ -108,6 +125,11 @@ def _images_per_second(label: str) -> float:
 def main(argv):
   del argv
   config = make_config()
+  # Students of one architecture share their evaluation steps: a persistent
+  # compilation cache compiles each once instead of once per student.
+  jax.config.update('jax_compilation_cache_dir',
+                    os.path.join(os.path.abspath(FLAGS.workdir), 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   start = time.time()
   pipeline.run(config, FLAGS.workdir)
   wall = time.time() - start
@@ -127,13 +149,36 @@ def main(argv):
       f'{2.5 / FLAGS.attack_steps:.2f}·ε at ε = 8/255, SGD 0.1 cosine. '
       f'Evaluation on {FLAGS.eval_examples} test images (fixed subset); '
       'every model at its last checkpoint.', '',
-      '| model | clean (%) | PGD-20 (%) | CW∞ (%) | training images/s |',
-      '|---|---|---|---|---|']
+      '| model | clean (%) | PGD-20 (%) | CW∞ (%) | CAM MSE clean | '
+      'CAM MSE PGD-20 | training images/s |',
+      '|---|---|---|---|---|---|---|']
+  cams = {}
+  for name in compared:
+    if FLAGS.cam_examples and not name.startswith('teacher'):
+      cams[name] = cam_report.report(_run_dir(name),
+                                     num_examples=FLAGS.cam_examples)
   for name, res in compared.items():
     acc = res['accuracy']
+    cam = cams.get(name)
+    cam_cells = (f'{cam["clean"]:.4f} | {cam["adversarial"]:.4f}' if cam
+                 else '- | -')
     lines.append(f'| {name} | {100 * acc["clean"]:.2f} | '
                  f'{100 * acc["pgd20_sat"]:.2f} | {100 * acc["cw_inf"]:.2f} | '
-                 f'{_images_per_second(name):.1f} |')
+                 f'{cam_cells} | {_images_per_second(name):.1f} |')
+  if cams:
+    lines += ['', 'CAM MSE: SmaraAD\'s L_align (normalised CAMs of the true '
+              'class, Eq. 7) between the student and the teacher, averaged '
+              f'over {FLAGS.cam_examples} test images, clean and PGD-20 '
+              'against the student (`jard.cam_report`).']
+    grid = [n for n in cams if n.startswith('smaraad ')] or list(cams)
+    src = os.path.join(_run_dir(grid[0]), 'cam', cam_report.GRID)
+    dst = os.path.join(HERE, 'results', f'{FLAGS.out}_cam_grid.png')
+    shutil.copyfile(src, dst)
+    lines += ['', f'![CAM grid of {grid[0]}]({os.path.basename(dst)})']
+  with open(os.path.join(HERE, 'results', FLAGS.out + '.json'), 'w') as f:
+    json.dump({name: {'accuracy': res['accuracy'], 'cam': cams.get(name),
+                      'images_per_sec': _images_per_second(name)}
+               for name, res in compared.items()}, f, indent=2)
   out = os.path.join(HERE, 'results', FLAGS.out + '.md')
   with open(out, 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -129,29 +129,34 @@ class _Hashable:
     return self.fn(*args)
 
 
-def write_grid(path: str, grid: dict, *, title: str = '') -> None:
-  """A PNG: per example, input / teacher CAM / student CAM, clean then
-  adversarial. CAMs are upsampled bilinearly to the image and overlaid."""
+# (column title, image key, map key or None) of the CAM grid.
+CAM_COLUMNS = (('input', 'images', None),
+               ('teacher CAM', 'images', 'teacher_clean'),
+               ('student CAM', 'images', 'student_clean'),
+               ('adversarial', 'adversarial', None),
+               ('teacher CAM (adv)', 'adversarial', 'teacher_adversarial'),
+               ('student CAM (adv)', 'adversarial', 'student_adversarial'))
+
+
+def write_grid(path: str, grid: dict, *, columns=CAM_COLUMNS,
+               title: str = '') -> None:
+  """A PNG with one row per example and one column per `(title, image key,
+  map key)`: the image, with the `[h, w]` map (in [0, 1]) upsampled
+  bilinearly and overlaid when a map key is given."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   k, size = len(grid['images']), grid['images'].shape[1:3]
-  columns = [('input', 'images', None), ('teacher CAM', 'images',
-                                         'teacher_clean'),
-             ('student CAM', 'images', 'student_clean'),
-             ('adversarial', 'adversarial', None),
-             ('teacher CAM (adv)', 'adversarial', 'teacher_adversarial'),
-             ('student CAM (adv)', 'adversarial', 'student_adversarial')]
   fig, axes = plt.subplots(k, len(columns), figsize=(1.6 * len(columns),
                                                      1.6 * k), squeeze=False)
   for row in range(k):
-    for col, (name, image_key, cam_key) in enumerate(columns):
+    for col, (name, image_key, map_key) in enumerate(columns):
       ax = axes[row, col]
       ax.imshow(np.clip(grid[image_key][row], 0, 1))
-      if cam_key:
-        cam = np.asarray(cam_lib.resize_cam(
-            jnp.asarray(grid[cam_key][row][None]), size))[0]
-        ax.imshow(cam, cmap='jet', alpha=0.5, vmin=0, vmax=1)
+      if map_key:
+        heat = np.asarray(cam_lib.resize_cam(
+            jnp.asarray(grid[map_key][row][None]), size))[0]
+        ax.imshow(heat, cmap='jet', alpha=0.5, vmin=0, vmax=1)
       ax.set_xticks([])
       ax.set_yticks([])
       if row == 0:

@@ -20,6 +20,7 @@ from jard import parallel
 from jard import schedules
 from jard import teachers as teachers_lib
 from jard import train as train_lib
+from jard.methods import ader
 from jard.methods import atard
 from jard.methods import base as method_base
 from jard.methods import smaraad
@@ -227,6 +228,24 @@ def _validate_smaraad(config) -> None:
            'mobilenet_v2, preact_resnet18).')
 
 
+def _validate_ader(config) -> None:
+  hp = config.method
+  for field, choices in (('teachers', ader.TEACHERS),
+                         ('distill', ader.DISTILL),
+                         ('map_normalization',
+                          losses.spatial_attention.NORMALIZATIONS)):
+    _check(hp.get(field, choices[0]) in choices,
+           f'config.method.{field}={hp.get(field)!r}; choose one of '
+           f'{choices}.')
+  _check(config.model.get('attention_stage', 0) > 0,
+         f'config.method.name="ader" needs a student with an attention '
+         f'branch: set config.model.attention_stage (1-based stage, e.g. 3 '
+         f'for resnet18); got {config.model.get("attention_stage", 0)}.')
+  _check(isinstance(hp.get('beta', 1.0), (int, float))
+         and hp.get('beta', 1.0) > 0,
+         f'config.method.beta={hp.get("beta")!r} must be a number > 0.')
+
+
 def validate(config) -> None:
   """Checks names, ranges and divisibility; raises ConfigError."""
   _check(config.model.name in models.MODELS,
@@ -268,6 +287,8 @@ def validate(config) -> None:
     _validate_atard(config)
   if config.method.name in ('smaraad', 'smaraad_pp'):
     _validate_smaraad(config)
+  if config.method.name == 'ader':
+    _validate_ader(config)
   for field in ('batch_size', 'eval.batch_size', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints',
                 'select.every_epochs'):

@@ -20,6 +20,7 @@ from jard.losses import cam as cam_lib
 from jard.losses import spearman
 from jard.methods import smaraad
 from jard.models import resnet
+import numpy_reference
 
 B, C = 6, 10
 
@@ -160,23 +161,6 @@ def test_cam_equals_grad_cam_on_a_gap_dense_model():
   np.testing.assert_allclose(jnp.min(cam, axis=(1, 2)), 0.0, atol=1e-7)
 
 
-def _np_bilinear(img, size):
-  """PyTorch F.interpolate(bilinear, align_corners=False) on [B, h, w]."""
-  img = np.asarray(img, np.float64)
-  out = img
-  for axis, new in ((1, size[0]), (2, size[1])):
-    old = out.shape[axis]
-    src = np.maximum((np.arange(new) + 0.5) * old / new - 0.5, 0.0)
-    i0 = np.floor(src).astype(int)
-    i1 = np.minimum(i0 + 1, old - 1)
-    frac = src - i0
-    a, b = np.take(out, i0, axis=axis), np.take(out, i1, axis=axis)
-    shape = [1, 1, 1]
-    shape[axis] = new
-    out = a * (1 - frac.reshape(shape)) + b * frac.reshape(shape)
-  return out
-
-
 @pytest.mark.parametrize('student_size,teacher_size', [(4, 8), (8, 4)])
 def test_cam_alignment_resizes_to_the_larger_map(student_size, teacher_size):
   rng = np.random.default_rng(5)
@@ -184,7 +168,7 @@ def test_cam_alignment_resizes_to_the_larger_map(student_size, teacher_size):
       rng.normal(size=(B, student_size, student_size)), jnp.float32))
   t = cam_lib.normalize_cam(jnp.asarray(
       rng.normal(size=(B, teacher_size, teacher_size)), jnp.float32))
-  up = lambda m: (_np_bilinear(m, (8, 8)) if m.shape[-1] == 4
+  up = lambda m: (numpy_reference.bilinear(m, (8, 8)) if m.shape[-1] == 4
                   else np.asarray(m, np.float64))
   want = np.mean((up(t) - up(s)) ** 2, axis=(1, 2))
   got = cam_lib.cam_alignment(s, t)
@@ -218,8 +202,8 @@ def _fixed_inputs(seed=6):
 
 def _np_terms(t_logits, t_cam, s_logits, s_cam, gamma):
   rho = _np_rho(_np_softmax(s_logits), _np_softmax(t_logits), gamma)
-  align = np.mean((np.asarray(t_cam, np.float64)
-                   - _np_bilinear(s_cam, t_cam.shape[1:])) ** 2, axis=(1, 2))
+  resized = numpy_reference.bilinear(s_cam, t_cam.shape[1:])
+  align = np.mean((np.asarray(t_cam, np.float64) - resized) ** 2, axis=(1, 2))
   return -rho + align
 
 
@@ -268,7 +252,8 @@ def test_inner_objective_matches_numpy():
   got = smaraad.smaraad_inner(lg['t_adv'], cams['t'], lg['s_adv'], cams['s'])
   p, q = _np_softmax(lg['t_adv']), _np_softmax(lg['s_adv'])
   kl = np.sum(p * (np.log(p) - np.log(q)), 1)  # bm: summed over classes
-  align = np.mean((cams['t'] - _np_bilinear(cams['s'], (8, 8))) ** 2, (1, 2))
+  resized = numpy_reference.bilinear(cams['s'], (8, 8))
+  align = np.mean((cams['t'] - resized) ** 2, (1, 2))
   np.testing.assert_allclose(got, kl + align, rtol=1e-5)
 
 

@@ -1,6 +1,7 @@
 """Pure loss functions. Per-example outputs unless a `reduction` is given."""
 
 from jard.losses import cam
+from jard.losses import spatial_attention
 from jard.losses import spearman
 from jard.losses.attention import attention_map_loss
 from jard.losses.attention import head_average

@@ -71,10 +71,15 @@ def normalize_cam(cam: jax.Array) -> jax.Array:
 
 
 def resize_cam(cam: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """Bilinear resize `[B, h, w] -> [B, *size]` (identity when equal)."""
+  """Bilinear resize `[B, h, w] -> [B, *size]` (identity when equal).
+
+  Half-pixel centres and no antialiasing, as PyTorch's
+  `F.interpolate(mode='bilinear', align_corners=False)`, also when shrinking.
+  """
   if tuple(cam.shape[-2:]) == tuple(size):
     return cam
-  return jax.image.resize(cam, cam.shape[:-2] + tuple(size), 'bilinear')
+  return jax.image.resize(cam, cam.shape[:-2] + tuple(size), 'bilinear',
+                          antialias=False)
 
 
 def normalized_cam(features: jax.Array, kernel: jax.Array,

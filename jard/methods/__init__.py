@@ -1,5 +1,6 @@
 """Method registry: name -> `Method` (see `jard.methods.base`)."""
 
+from jard.methods import ader
 from jard.methods import atard
 from jard.methods import distillation
 from jard.methods import smaraad
@@ -22,6 +23,7 @@ METHODS = {
     'adaad': distillation.ADAAD,
     'smaraad': smaraad.SMARAAD,
     'smaraad_pp': smaraad.SMARAAD_PP,
+    'ader': ader.ADER,
 }
 
 

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 
+from jard.models import attention_branch
 from jard.models import layers
 from jard.models.outputs import Outputs
 
@@ -73,18 +74,24 @@ class MobileNetV2(nn.Module):
     head_features: channels of the final 1x1 conv.
     bn_axis_name: mapped axis for synchronised BatchNorm (set by the
       training step), None outside a mapped context.
+    attention_stage: 0 for none, or the 1-based stage after which ADER's
+      attention branch refines the features (`attention_branch`).
   """
   num_classes: int = 10
   config: Sequence[Sequence[int]] = CIFAR_CONFIG
   stem_features: int = 32
   head_features: int = 1280
   bn_axis_name: Optional[str] = None
+  attention_stage: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Outputs:
     bn = lambda name: layers.batch_norm(train, self.bn_axis_name, name=name)
     x = layers.conv(self.stem_features, 3, 1, name='stem_conv')(x)
     x = nn.relu(bn('stem_bn')(x))
+    attention_branch.check_stage(self.attention_stage, len(self.config),
+                                 'MobileNetV2')
+    attention_map = aux_logits = None
     for stage, (expansion, features, num_blocks, stride) in enumerate(
         self.config):
       for block in range(num_blocks):
@@ -92,12 +99,16 @@ class MobileNetV2(nn.Module):
                              self.bn_axis_name,
                              name=f'stage{stage + 1}_block{block + 1}')(
                                  x, train)
+      if stage + 1 == self.attention_stage:
+        x, attention_map, aux_logits = attention_branch.AttentionBranch(
+            self.num_classes, self.bn_axis_name, name='attention')(x, train)
     x = layers.conv(self.head_features, 1, 1, padding='VALID',
                     name='head_conv')(x)
     x = nn.relu(bn('head_bn')(x))
     logits = layers.dense(self.num_classes, x.shape[-1], name='head')(
         layers.global_avg_pool(x))
-    return Outputs(logits=logits, features=x)
+    return Outputs(logits=logits, features=x, attention_map=attention_map,
+                   aux_logits=aux_logits)
 
 
 def mobilenet_v2(num_classes=10, **kw):

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 
+from jard.models import attention_branch
 from jard.models import layers
 from jard.models.outputs import Outputs
 
@@ -50,24 +51,34 @@ class ResNet(nn.Module):
     num_classes: K.
     bn_axis_name: mapped axis for synchronised BatchNorm (set by the
       training step), None outside a mapped context.
+    attention_stage: 0 for none, or the 1-based stage after which ADER's
+      attention branch refines the features (`attention_branch`).
   """
   stage_sizes: Sequence[int]
   widths: Sequence[int]
   num_classes: int = 10
   bn_axis_name: Optional[str] = None
+  attention_stage: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Outputs:
     x = layers.conv(self.widths[0], 3, 1, name='stem_conv')(x)
     x = nn.relu(layers.batch_norm(train, self.bn_axis_name, name='stem_bn')(x))
+    attention_branch.check_stage(self.attention_stage, len(self.stage_sizes),
+                                 'ResNet')
+    attention_map = aux_logits = None
     for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for block in range(size):
         stride = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(width, stride, self.bn_axis_name,
                        name=f'stage{stage + 1}_block{block + 1}')(x, train)
+      if stage + 1 == self.attention_stage:
+        x, attention_map, aux_logits = attention_branch.AttentionBranch(
+            self.num_classes, self.bn_axis_name, name='attention')(x, train)
     logits = layers.dense(self.num_classes, x.shape[-1], name='head')(
         layers.global_avg_pool(x))
-    return Outputs(logits=logits, features=x)
+    return Outputs(logits=logits, features=x, attention_map=attention_map,
+                   aux_logits=aux_logits)
 
 
 def resnet18(num_classes=10, **kw):

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jard.models import attention_branch
 from jard.models import layers
 from jard.models.outputs import Outputs
 
@@ -85,6 +86,8 @@ class WideResNet(nn.Module):
       ((0, 1) on stride-2 convs, as in the DeepMind models).
     bn_axis_name: mapped axis for synchronised BatchNorm (set by the
       training step), None outside a mapped context.
+    attention_stage: 0 for none, or the 1-based group after which ADER's
+      attention branch refines the features (`attention_branch`).
   """
   depth: int = 34
   width: int = 10
@@ -95,6 +98,7 @@ class WideResNet(nn.Module):
   std: Sequence[float] = CIFAR10_STD
   padding: str = 'torch'
   bn_axis_name: Optional[str] = None
+  attention_stage: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Outputs:
@@ -113,19 +117,26 @@ class WideResNet(nn.Module):
       std = jnp.asarray(self.std, x.dtype)
       x = (x - mean) / std
     x = _conv3x3(16, 1, self.padding, 'stem_conv')(x)
+    attention_branch.check_stage(self.attention_stage, len(widths),
+                                 'WideResNet')
+    attention_map = aux_logits = None
     for group, width in enumerate(widths):
       for block in range(n):
         stride = 2 if group > 0 and block == 0 else 1
         x = WideBlock(width, stride, self.activation, self.padding,
                       self.bn_axis_name,
                       name=f'group{group + 1}_block{block + 1}')(x, train)
+      if group + 1 == self.attention_stage:
+        x, attention_map, aux_logits = attention_branch.AttentionBranch(
+            self.num_classes, self.bn_axis_name, name='attention')(x, train)
     x = _ACTIVATIONS[self.activation](
         layers.batch_norm(train, self.bn_axis_name, name='final_bn')(x))
     logits = nn.Dense(self.num_classes,
                       kernel_init=layers.torch_default_kernel_init,
                       bias_init=nn.initializers.zeros, name='head')(
                           layers.global_avg_pool(x))
-    return Outputs(logits=logits, features=x)
+    return Outputs(logits=logits, features=x, attention_map=attention_map,
+                   aux_logits=aux_logits)
 
 
 def wrn(depth: int, width: int, **defaults):
