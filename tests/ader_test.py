@@ -76,6 +76,26 @@ def test_branch_map_in_unit_interval_and_refines_features():
                   attention_stage=3).init(jax.random.key(0), x)
 
 
+def test_teacher_recipes_train_the_branch_with_its_aux_ce():
+  """A jard-trained teacher with a branch: natural/PGD-AT add CE(aux, y)."""
+  model = resnet.ResNet(stage_sizes=(1, 1), widths=(8, 8), num_classes=C,
+                        attention_stage=1)
+  x = jnp.asarray(np.random.default_rng(5).uniform(size=(4, 8, 8, 3)),
+                  jnp.float32)
+  y = jnp.arange(4)
+  variables = model.init(jax.random.key(0), x)
+  c = methods.Context(model=model, batch_stats=variables['batch_stats'],
+                      hp={'aux_weight': 0.5}, attack=methods.AttackSpec(),
+                      step=jnp.int32(0), epoch=jnp.int32(0))
+  loss, _ = methods.get_method('natural').loss(
+      variables['params'], {'image': x, 'label': y}, None, c)
+  out = c.apply(variables['params'], x, train=True)[0]
+  from jard import losses  # pylint: disable=g-import-not-at-top
+  want = (jnp.mean(losses.cross_entropy(out.logits, y))
+          + 0.5 * jnp.mean(losses.cross_entropy(out.aux_logits, y)))
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+
+
 # --- The attention KL and ω against numpy ----------------------------------
 
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jard import attacks
+from jard import losses
 from jard.models import Outputs
 
 PyTree = Any
@@ -169,6 +170,15 @@ def split_keys(keys: jax.Array, num: int) -> tuple[jax.Array, ...]:
   """Splits `[B]` per-example keys into `num` independent `[B]` key arrays."""
   return tuple(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
                for i in range(num))
+
+
+def branch_ce(outputs: Outputs, labels: jax.Array, hp) -> jax.Array:
+  """The attention branch's auxiliary CE, `aux_weight`·mean CE(aux, y) (ABN,
+  ADER), for models built with `attention_stage`; 0 for models without."""
+  if outputs.aux_logits is None:
+    return jnp.float32(0.0)
+  return hp.get('aux_weight', 1.0) * jnp.mean(
+      losses.cross_entropy(outputs.aux_logits, labels))
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -2,7 +2,10 @@
 
 Each follows its reference recipe (METHODS.md, "Teacher training"); the
 attack hyperparameters (ε, step, steps, init) come from `config.attack.train`,
-set per method in `configs/`.
+set per method in `configs/`. A model with ADER's attention branch
+(`config.model.attention_stage`) also trains its auxiliary logits with CE on
+the inputs of the main CE (`base.branch_ce`), so jard can train teachers with
+a branch.
 """
 
 import jax
@@ -10,6 +13,7 @@ import jax.numpy as jnp
 
 from jard import losses
 from jard.methods.base import accuracy
+from jard.methods.base import branch_ce
 from jard.methods.base import Method
 
 
@@ -17,7 +21,8 @@ def natural_loss(params, batch, keys, ctx):
   """CE(S(x), y) on clean inputs, BatchNorm in train mode."""
   del keys
   outputs, batch_stats = ctx.apply(params, batch['image'], train=True)
-  loss = jnp.mean(losses.cross_entropy(outputs.logits, batch['label']))
+  loss = (jnp.mean(losses.cross_entropy(outputs.logits, batch['label']))
+          + branch_ce(outputs, batch['label'], ctx.hp))
   metrics = {'clean_accuracy': accuracy(outputs.logits, batch['label'])}
   return loss, {'batch_stats': batch_stats, 'metrics': metrics}
 
@@ -33,7 +38,8 @@ def pgd_at_loss(params, batch, keys, ctx):
   x_adv = ctx.attack.pgd(lambda z: losses.cross_entropy(logits_fn(z), y), x,
                          keys, batch)
   outputs, batch_stats = ctx.apply(params, x_adv, train=True)
-  loss = jnp.mean(losses.cross_entropy(outputs.logits, y))
+  loss = (jnp.mean(losses.cross_entropy(outputs.logits, y))
+          + branch_ce(outputs, y, ctx.hp))
   metrics = {'adv_accuracy': accuracy(outputs.logits, y)}
   return loss, {'batch_stats': batch_stats, 'metrics': metrics}
 
@@ -61,7 +67,9 @@ def trades_loss(params, batch, keys, ctx):
   # outputs equal `clean`, only the running statistics move again.
   _, batch_stats = ctx.apply(jax.lax.stop_gradient(params), x, train=True,
                              batch_stats=batch_stats)
-  loss = jnp.mean(losses.trades_loss(clean.logits, adv.logits, y, beta=beta))
+  loss = (jnp.mean(losses.trades_loss(clean.logits, adv.logits, y,
+                                      beta=beta))
+          + branch_ce(clean, y, ctx.hp))
   metrics = {'clean_accuracy': accuracy(clean.logits, y),
              'adv_accuracy': accuracy(adv.logits, y)}
   return loss, {'batch_stats': batch_stats, 'metrics': metrics}
@@ -82,7 +90,8 @@ def mart_loss(params, batch, keys, ctx):
   clean, batch_stats = ctx.apply(params, x, train=True)
   adv, batch_stats = ctx.apply(params, x_adv, train=True,
                                batch_stats=batch_stats)
-  loss = jnp.mean(losses.mart_loss(clean.logits, adv.logits, y, beta=beta))
+  loss = (jnp.mean(losses.mart_loss(clean.logits, adv.logits, y, beta=beta))
+          + branch_ce(adv, y, ctx.hp))
   metrics = {'clean_accuracy': accuracy(clean.logits, y),
              'adv_accuracy': accuracy(adv.logits, y)}
   return loss, {'batch_stats': batch_stats, 'metrics': metrics}
