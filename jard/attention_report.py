@@ -13,14 +13,12 @@ The teachers are the run's `config.teachers.natural` and `.robust`.
 """
 
 import functools
-import json
 import os
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from jard import cam_report
@@ -95,13 +93,9 @@ def _maps(x, y, keys, *, models_, variables, attack, eps):
 def report(workdir: str, *, data: str = '', num_images: int = 6,
            which: str = 'last', out: str = '') -> str:
   """Writes `<out>/attention_grid.png` for a jard ADER run; returns its path."""
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  test = data_lib.load(data or config.dataset.test, role='test',
-                       field='--data', num_classes=config.dataset.num_classes,
-                       image_size=config.dataset.image_size)
+  config, test, student = cam_report.load_run_and_test_set(workdir, data,
+                                                           which)
   shape = test.images.shape[1:]
-  student = cam_report.load_run(workdir, shape, which=which)[:2]
   teachers = []
   for name in ('natural', 'robust'):
     spec = config.teachers[name]

@@ -182,6 +182,18 @@ def load_run(workdir: str, input_shape, *, which: str = 'last'):
   return model, variables, config
 
 
+def load_run_and_test_set(workdir: str, data: str = '', which: str = 'last'):
+  """`(config, test set, (model, variables))` of a jard run; `data`
+  replaces the run's `config.dataset.test` when given."""
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  test = data_lib.load(data or config.dataset.test, role='test',
+                       field='--data', num_classes=config.dataset.num_classes,
+                       image_size=config.dataset.image_size)
+  return config, test, load_run(workdir, test.images.shape[1:],
+                                which=which)[:2]
+
+
 def report(workdir: str, *, teacher: str = '', teacher_model: str = '',
            data: str = '', num_examples: int = 1000, which: str = 'last',
            out: str = '') -> dict:
@@ -190,13 +202,8 @@ def report(workdir: str, *, teacher: str = '', teacher_model: str = '',
   Writes `<out>/cam_grid.png` and `<out>/cam_mse.json` (default out:
   `<workdir>/cam`) and returns the MSE dict.
   """
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  test = data_lib.load(data or config.dataset.test, role='test',
-                       field='--data', num_classes=config.dataset.num_classes,
-                       image_size=config.dataset.image_size)
+  config, test, student = load_run_and_test_set(workdir, data, which)
   shape = test.images.shape[1:]
-  student = load_run(workdir, shape, which=which)[:2]
   spec = config.teachers.robust if 'robust' in config.teachers else None
   if not teacher and spec is None:
     raise ValueError(f'{workdir} has no config.teachers.robust; give '

@@ -1,7 +1,6 @@
 """ADER: the attention branch, the attention KL and ω against numpy, the two
 teachers' inputs and gradients, and the quick pipeline with each ablation."""
 
-import importlib
 import os
 
 import flax.linen as nn
@@ -20,6 +19,7 @@ from jard.methods import ader
 from jard.models import Outputs
 from jard.models import resnet
 import numpy_reference
+from quick_configs import quick_image_config
 
 B, C = 6, 10
 
@@ -286,26 +286,8 @@ def test_config_has_the_paper_recipe_and_variants():
     validation.validate(bad)
 
 
-@pytest.fixture(scope='module', name='npz_path')
-def npz_fixture(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  path = str(tmp_path_factory.mktemp('data') / 'tiny.npz')
-  np.savez(path, image=rng.integers(0, 256, (96, 32, 32, 3), np.uint8),
-           label=rng.integers(0, 10, (96,)))
-  return path
-
-
 def _quick(variant, npz_path, **overrides):
-  config = importlib.import_module('configs.ader').get_config(variant)
-  config.dataset.train = config.dataset.test = 'npz:' + npz_path
-  config.eval.autoattack.version = ''
-  config.eval.curve_epsilons = ''
-  config.eval.attacks = 'clean,pgd20_sat'
-  config.eval.num_examples = 32
-  config.eval.checkpoints = 'last'
-  config.select.metric = ''
-  config.update(overrides)
-  return config
+  return quick_image_config('ader', variant, npz_path, **overrides)
 
 
 @pytest.fixture(scope='module', name='teacher_run')

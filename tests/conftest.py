@@ -21,3 +21,16 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 # `configs` is a top-level folder of the repository, imported by tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope='session', name='npz_path')
+def npz_fixture(tmp_path_factory):
+  """A tiny random 32×32 image set (96 images, 10 classes) as an npz file."""
+  rng = np.random.default_rng(0)
+  path = str(tmp_path_factory.mktemp('data') / 'tiny.npz')
+  np.savez(path, image=rng.integers(0, 256, (96, 32, 32, 3), np.uint8),
+           label=rng.integers(0, 10, (96,)))
+  return path

@@ -13,6 +13,7 @@ from jard import methods
 from jard import pipeline
 from jard.methods import distillation as dist
 from jard.models import resnet
+from quick_configs import quick_image_config
 
 B, C = 6, 10
 
@@ -222,30 +223,7 @@ def test_method_losses_equal_their_outer_functions_on_model_logits():
 
 
 def _quick(name, npz_path, **overrides):
-  config = importlib.import_module(f'configs.{name}').get_config('quick')
-  config.dataset.train = config.dataset.test = 'npz:' + npz_path
-  config.eval.autoattack.version = ''
-  config.eval.curve_epsilons = ''
-  config.eval.attacks = 'clean,pgd20_sat'
-  config.eval.num_examples = 32
-  config.eval.checkpoints = 'last'
-  config.select.metric = ''  # no per-epoch selection pass: fewer compiles
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
-
-
-@pytest.fixture(scope='module', name='npz_path')
-def npz_fixture(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  path = str(tmp_path_factory.mktemp('data') / 'tiny.npz')
-  np.savez(path, image=rng.integers(0, 256, (96, 32, 32, 3), np.uint8),
-           label=rng.integers(0, 10, (96,)))
-  return path
+  return quick_image_config(name, 'quick', npz_path, **overrides)
 
 
 @pytest.mark.parametrize('name', ['ard', 'iad', 'rslad', 'adaad'])

@@ -18,15 +18,6 @@ from jard.methods import standard
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def npz_path(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  path = tmp_path_factory.mktemp('data') / 'tiny.npz'
-  np.savez(path, image=rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8),
-           label=rng.integers(0, 10, (96,)))
-  return str(path)
-
-
 def _quick_config(npz_path, **overrides):
   config = pgd_at.get_config('quick')
   config.dataset.train = config.dataset.test = 'npz:' + npz_path

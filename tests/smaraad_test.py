@@ -2,7 +2,6 @@
 against independent numpy, the method in a context, and the quick pipelines
 with resume."""
 
-import importlib
 import os
 
 import flax.linen as nn
@@ -21,6 +20,7 @@ from jard.losses import spearman
 from jard.methods import smaraad
 from jard.models import resnet
 import numpy_reference
+from quick_configs import quick_image_config
 
 B, C = 6, 10
 
@@ -379,26 +379,8 @@ def test_bad_cam_class_is_a_config_error():
     validation.validate(config)
 
 
-@pytest.fixture(scope='module', name='npz_path')
-def npz_fixture(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  path = str(tmp_path_factory.mktemp('data') / 'tiny.npz')
-  np.savez(path, image=rng.integers(0, 256, (96, 32, 32, 3), np.uint8),
-           label=rng.integers(0, 10, (96,)))
-  return path
-
-
 def _quick(variant, npz_path, **overrides):
-  config = importlib.import_module('configs.smaraad').get_config(variant)
-  config.dataset.train = config.dataset.test = 'npz:' + npz_path
-  config.eval.autoattack.version = ''
-  config.eval.curve_epsilons = ''
-  config.eval.attacks = 'clean,pgd20_sat'
-  config.eval.num_examples = 32
-  config.eval.checkpoints = 'last'
-  config.select.metric = ''
-  config.update(overrides)
-  return config
+  return quick_image_config('smaraad', variant, npz_path, **overrides)
 
 
 @pytest.mark.parametrize('variant', ['quick', 'plus:quick'])

@@ -1,0 +1,28 @@
+"""The tiny image configs the pipeline tests run (`configs/<m>.py:quick`)."""
+
+import importlib
+
+
+def quick_image_config(module: str, variant: str, npz_path: str,
+                       **overrides):
+  """`configs/<module>.py:<variant>` on the tiny npz, evaluated cheaply.
+
+  The evaluation keeps clean and PGD-20 on 32 images of the last
+  checkpoint (no AutoAttack, no ε curve, no selection pass: fewer
+  compiles). `overrides` are dotted paths, e.g. `**{'method.alpha': 0.5}`.
+  """
+  config = importlib.import_module(f'configs.{module}').get_config(variant)
+  config.dataset.train = config.dataset.test = 'npz:' + npz_path
+  config.eval.autoattack.version = ''
+  config.eval.curve_epsilons = ''
+  config.eval.attacks = 'clean,pgd20_sat'
+  config.eval.num_examples = 32
+  config.eval.checkpoints = 'last'
+  config.select.metric = ''
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
