@@ -186,6 +186,8 @@ def natural_teacher(model_name: str = 'resnet56', **kw):
   attacks when no checkpoint is given (200 epochs, ×0.1 at 100/150)."""
   spec = teacher(model_name, method='natural', **kw)
   spec.recipe.num_epochs = 200
+  spec.recipe.schedule = ml_collections.ConfigDict({
+      'name': 'piecewise', 'boundaries': (100, 150)})
   spec.recipe.select = ml_collections.ConfigDict({'metric': 'clean'})
   return spec
 

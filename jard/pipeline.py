@@ -308,6 +308,28 @@ def write_comparison(config, compared: dict, workdir: str) -> None:
   evaluate.write_report(chosen, workdir, title=title)
 
 
+TEACHER_PREFIX = 'teacher:'
+
+
+def transfer_source(config, workdir: str):
+  """`(spec with model and which, train dir)` of the transfer surrogate.
+
+  `config.eval.transfer.checkpoint='teacher:<name>'` names this run's
+  teacher as loaded *before* training (its checkpoint, or the teachers
+  stage's run): CIARD's protocol transfers from the original teacher, not
+  the retrained copy. `transfer.model.name` may then stay empty.
+  """
+  transfer = config.eval.transfer
+  if not transfer.checkpoint.startswith(TEACHER_PREFIX):
+    return transfer, teacher_lib.resolve_train_dir(transfer.checkpoint)
+  name = transfer.checkpoint[len(TEACHER_PREFIX):]
+  spec = config.teachers[name]
+  if transfer.model.name:
+    spec = ml_collections.ConfigDict(spec.to_dict())
+    spec.model = ml_collections.ConfigDict(transfer.model.to_dict())
+  return spec, teacher_lib.teacher_train_dir(config, name, workdir)
+
+
 def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
   """Runs the eval suite on the last and (when kept) best checkpoints."""
   restore_args = checkpoint.variables_restore_args(
@@ -318,13 +340,11 @@ def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
   evaluator = evaluate.make_evaluator(config, model)
   surrogate = None
   if not radio and config.eval.transfer.checkpoint:
-    transfer = config.eval.transfer
-    surrogate_model = teacher_lib.build_model(transfer,
-                                              test_ds.num_classes)
+    spec, path = transfer_source(config, os.path.dirname(train_dir))
+    surrogate_model = teacher_lib.build_model(spec, test_ds.num_classes)
     surrogate = (surrogate_model, teacher_lib.load_variables(
-        teacher_lib.resolve_train_dir(transfer.checkpoint), surrogate_model,
-        test_ds.images.shape[1:], which=transfer.which,
-        field='config.eval.transfer.checkpoint', arch=transfer.model.name))
+        path, surrogate_model, test_ds.images.shape[1:], which=spec.which,
+        field='config.eval.transfer.checkpoint', arch=spec.model.name))
   results = {}
   try:
     wanted = [c.strip() for c in config.eval.checkpoints.split(',')]

@@ -91,6 +91,8 @@ def teacher_config(config, name: str):
                           field=f'config.teachers.{name}.recipe',
                           keep_teachers=False)
   derived.stages = 'train,eval' if spec.evaluate else 'train'
+  if derived.eval.transfer.checkpoint.startswith('teacher:'):
+    derived.eval.transfer.checkpoint = ''  # a teacher has no teachers
   return derived
 
 

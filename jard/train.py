@@ -81,13 +81,16 @@ def init_variables(model, key, image_shape):
 
 
 def create_train_state(model, tx, method: Method, key, image_shape, *,
-                       hp=None, num_classes: int = 10) -> TrainState:
+                       hp=None, num_classes: int = 10,
+                       teachers=None) -> TrainState:
   """Initial state: model variables, optimizer and method state."""
   variables = jax.jit(functools.partial(init_variables, model,
                                         image_shape=image_shape))(key)
   params = variables['params']
-  method_state = ({} if method.init_state is None
-                  else method.init_state(dict(hp or {}), num_classes))
+  method_state = {}
+  if method.init_state is not None:
+    extra = (teachers or {},) if method.state_from_teachers else ()
+    method_state = method.init_state(dict(hp or {}), num_classes, *extra)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}),
                     opt_state=tx.init(params), method_state=method_state)
@@ -139,7 +142,8 @@ def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
                   attack=attack, step=state.step,
                   epoch=state.step // steps_per_epoch,
                   state=state.method_state, teachers=frozen,
-                  num_classes=num_classes, axis_name=parallel.AXIS)
+                  num_classes=num_classes, axis_name=parallel.AXIS,
+                  steps_per_epoch=steps_per_epoch)
     # Extras (radio: the per-example `snr`) pass through to the method.
     inputs = dict(batch, image=images)
 
@@ -154,7 +158,7 @@ def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
     batch_stats = lax.pmean(aux['batch_stats'], parallel.AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    method_state = state.method_state
+    method_state = aux.get('method_state', state.method_state)
     if method.update_state is not None:
       method_state = method.update_state(method_state, metrics, ctx)
     new_state = state.replace(step=state.step + 1, params=params,
@@ -210,7 +214,8 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
   init_key, step_key = jax.random.split(root_key)
   state = create_train_state(model, tx, method, init_key,
                              train_ds.images.shape[1:], hp=hp,
-                             num_classes=train_ds.num_classes)
+                             num_classes=train_ds.num_classes,
+                             teachers=teachers)
   ckpt = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
                                 metric=config.select.metric or None)
   if jax.process_index() == 0:

@@ -22,6 +22,7 @@ from jard import teachers as teachers_lib
 from jard import train as train_lib
 from jard.methods import ader
 from jard.methods import atard
+from jard.methods import ciard
 from jard.methods import base as method_base
 from jard.methods import smaraad
 
@@ -105,7 +106,13 @@ def _validate_image_eval(config) -> None:
          f'config.eval.autoattack.num_examples={aa_cfg.num_examples!r} must '
          'be -1 (config.eval.num_examples) or positive.')
   transfer = eval_cfg.transfer
-  if transfer.checkpoint:
+  if transfer.checkpoint.startswith('teacher:'):
+    name = transfer.checkpoint[len('teacher:'):]
+    _check(name in config.teachers,
+           f'config.eval.transfer.checkpoint={transfer.checkpoint!r} names '
+           f'no teacher of this run; use one of '
+           f'{["teacher:" + t for t in config.teachers]}.')
+  elif transfer.checkpoint:
     _check(transfer.model.name in models.MODELS,
            f'config.eval.transfer.model.name={transfer.model.name!r}; name '
            f'the surrogate\'s architecture, one of {sorted(models.MODELS)}.')
@@ -246,6 +253,19 @@ def _validate_ader(config) -> None:
          f'config.method.beta={hp.get("beta")!r} must be a number > 0.')
 
 
+def _validate_ciard(config) -> None:
+  hp = config.method
+  for field, choices in (('push', ciard.PUSH), ('weights', ciard.WEIGHTS),
+                         ('teacher_bn', ciard.TEACHER_BN)):
+    _check(hp.get(field, choices[0]) in choices,
+           f'config.method.{field}={hp.get(field)!r}; choose one of '
+           f'{choices}.')
+  _check(isinstance(hp.get('retrain_from_epoch', 50), int)
+         and hp.get('retrain_from_epoch', 50) >= 0,
+         f'config.method.retrain_from_epoch={hp.get("retrain_from_epoch")!r}'
+         ' must be an int >= 0.')
+
+
 def validate(config) -> None:
   """Checks names, ranges and divisibility; raises ConfigError."""
   _check(config.model.name in models.MODELS,
@@ -289,6 +309,8 @@ def validate(config) -> None:
     _validate_smaraad(config)
   if config.method.name == 'ader':
     _validate_ader(config)
+  if config.method.name == 'ciard':
+    _validate_ciard(config)
   for field in ('batch_size', 'eval.batch_size', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints',
                 'select.every_epochs'):

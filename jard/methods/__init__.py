@@ -2,6 +2,7 @@
 
 from jard.methods import ader
 from jard.methods import atard
+from jard.methods import ciard
 from jard.methods import distillation
 from jard.methods import smaraad
 from jard.methods import standard
@@ -24,6 +25,7 @@ METHODS = {
     'smaraad': smaraad.SMARAAD,
     'smaraad_pp': smaraad.SMARAAD_PP,
     'ader': ader.ADER,
+    'ciard': ciard.CIARD,
 }
 
 

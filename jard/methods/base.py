@@ -10,7 +10,10 @@ and metrics for every method.
   * `batch_stats`: the student's BatchNorm statistics after the method's
     train-mode forward passes (in the order the reference code runs them);
   * `metrics`: dict of scalar metrics (means over the local batch; the step
-    averages them over devices).
+    averages them over devices);
+  * optionally `method_state`: the new method state, computed in the loss
+    and already identical on every device (CIARD's retrained teacher);
+    `update_state`, if any, then runs on it.
 
 `keys` are per-example PRNG keys `[B]`, derived from the step and the
 example's position in the global batch, so an attack's random start is the
@@ -105,6 +108,7 @@ class Context:
     attack: the training attack (`config.attack.train`).
     step: the global step (traced int).
     epoch: `step // steps_per_epoch` (traced int).
+    steps_per_epoch: optimizer steps per epoch (a Python int).
     state: the method state (a pytree, `{}` when the method has none).
     teachers: name -> `Teacher`.
     num_classes: K.
@@ -117,6 +121,7 @@ class Context:
   step: jax.Array
   epoch: jax.Array
   state: PyTree = dataclasses.field(default_factory=dict)
+  steps_per_epoch: int = 1
   teachers: Mapping[str, Teacher] = dataclasses.field(default_factory=dict)
   num_classes: int = 10
   axis_name: Optional[str] = None
@@ -153,7 +158,9 @@ class Method:
     loss: `(params, batch, keys, ctx) -> (loss, aux)`; `batch` has float
       `image [B, H, W, C]` in [0, 1] (augmented) and int `label [B]`.
     teachers: names of the teachers it needs (none for the AT baselines).
-    init_state: `(hp, num_classes) -> pytree` initial method state.
+    init_state: `(hp, num_classes) -> pytree` initial method state, or
+      `(hp, num_classes, teachers)` with `state_from_teachers` (a method
+      that trains a copy of a teacher, CIARD).
     update_state: `(state, metrics, ctx) -> state`, run after the gradient
       step with metrics already averaged over devices.
     doc: one line for `--help`-style listings.
@@ -163,6 +170,7 @@ class Method:
   teachers: tuple[str, ...] = ()
   init_state: Optional[Callable[..., PyTree]] = None
   update_state: Optional[Callable[..., PyTree]] = None
+  state_from_teachers: bool = False
   doc: str = ''
 
 
