@@ -291,3 +291,22 @@ def test_quick_runs_and_resumes_teacher_state_exactly(npz_path, tmp_path):
                jax.tree.leaves(state(os.path.join(full, 'teachers',
                                                   'robust'))['params']))]
   assert max(moved) > 0
+
+
+def test_config_has_the_released_recipe_and_selects_on_a_holdout():
+  from configs import ciard as cfg  # pylint: disable=g-import-not-at-top
+  config = cfg.get_config()
+  assert (config.model.name, config.teachers.robust.model.name,
+          config.teachers.natural.model.name) == ('mobilenet_v2', 'wrn34_10',
+                                                  'resnet56')
+  assert (config.num_epochs, config.batch_size, config.schedule.name,
+          config.optimizer.weight_decay) == (300, 128, 'ciard', 2e-4)
+  assert (config.method.push, config.method.weights, config.method.teacher_bn,
+          config.method.retrain_from_epoch) == ('subtract', 'fixed', 'train',
+                                                50)
+  # Never on the test set: 1,000 training images are held out.
+  assert config.dataset.holdout == 1000 and config.select.metric
+  assert 'square100' in config.eval.attacks
+  assert config.eval.transfer.checkpoint == 'teacher:robust'
+  assert cfg.get_config('resnet18').model.name == 'resnet18'
+  assert cfg.get_config('per_batch_decay_bug').method.per_batch_decay_bug

@@ -17,6 +17,16 @@ CONFIGS = {
     'mart': [None, 'quick', 'wrn', 'wrn,quick'],
     'atard': [None, 'quick', 'distill=logits', 'distill=both,quick'],
     'quickstart': [None, 'quick'],
+    'ard': [None, 'quick', 'lr_bug'],
+    'iad': [None, 'quick'],
+    'rslad': [None, 'quick'],
+    'mtard': [None, 'quick'],
+    'adaad': [None, 'quick'],
+    'smaraad': [None, 'quick', 'plus', 'plus:quick', 'cifar100'],
+    'ader': [None, 'quick', 'mobilenet', 'cifar100', 'quick,teachers=clean',
+             'quick,distill=attention'],
+    'ciard': [None, 'quick', 'resnet18', 'cifar100', 'quick,push=bounded',
+              'quick,weights=mtard', 'per_batch_decay_bug,teacher_bn=eval'],
 }
 RADIO = ('atard', 'quickstart')
 
