@@ -310,3 +310,54 @@ def test_config_has_the_released_recipe_and_selects_on_a_holdout():
   assert config.eval.transfer.checkpoint == 'teacher:robust'
   assert cfg.get_config('resnet18').model.name == 'resnet18'
   assert cfg.get_config('per_batch_decay_bug').method.per_batch_decay_bug
+
+
+def _run_steps(num_devices, num_steps=2):
+  """`num_steps` CIARD steps (teacher retrained from epoch 0) on devices."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from jard import parallel  # pylint: disable=g-import-not-at-top
+  from jard import train as train_lib  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()[:num_devices]
+  model = resnet.ResNet(stage_sizes=(1,), widths=(8,), num_classes=C,
+                        bn_axis_name=parallel.AXIS)
+  robust = resnet.ResNet(stage_sizes=(1,), widths=(4,), num_classes=C)
+  natural = resnet.ResNet(stage_sizes=(1,), widths=(6,), num_classes=C)
+  x0 = jnp.zeros((1, 8, 8, 3))
+  teachers = {
+      'robust': methods.Teacher(robust, robust.init(jax.random.key(1), x0)),
+      'natural': methods.Teacher(natural, natural.init(jax.random.key(2),
+                                                       x0))}
+  hp = {'retrain_from_epoch': 0, 'teacher_lr': 0.05}
+  tx = optax.sgd(0.1, momentum=0.9)
+  method = methods.get_method('ciard')
+  state = train_lib.create_train_state(model, tx, method, jax.random.key(0),
+                                       (8, 8, 3), hp=hp, num_classes=C,
+                                       teachers=teachers)
+  step_fn = train_lib.make_train_step(
+      model=model, method=method, tx=tx, hp=hp,
+      attack=methods.AttackSpec(steps=2, init='N'), steps_per_epoch=10,
+      num_classes=C, teachers=teachers)
+  compiled = parallel.compile_spmd(step_fn, mode='pmap',
+                                   sharded_in=(False, True, False, False),
+                                   sharded_out=False, devices=devices)
+  state = parallel.replicate(state, devices)
+  t_vars = parallel.replicate({n: t.variables for n, t in teachers.items()},
+                              devices)
+  rng = np.random.default_rng(0)
+  for _ in range(num_steps):
+    batch = {'image': rng.integers(0, 256, (16, 8, 8, 3), np.uint8),
+             'label': rng.integers(0, C, (16,)).astype(np.int32)}
+    state, _ = compiled(state, parallel.shard_batch(batch, 'pmap', devices),
+                        jax.random.key(3), t_vars)
+  return jax.device_get(state)
+
+
+def test_one_and_eight_devices_agree_including_the_teacher_state():
+  one, eight = _run_steps(1), _run_steps(8)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  jax.tree.map(close, one.params, eight.params)
+  jax.tree.map(close, one.method_state, eight.method_state)
+  moved = [float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(one.method_state['teacher']['params']),
+      jax.tree.leaves(_run_steps(1, 0).method_state['teacher']['params']))]
+  assert max(moved) > 1e-6
