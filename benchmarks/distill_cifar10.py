@@ -2,7 +2,9 @@ r"""Distillation on the 10k CIFAR-10 subset from one PGD-AT teacher.
 
 One pipeline run (`configs/rslad.py` changed as below) takes the teacher
 (`--teacher_checkpoint`, or trains one), then RSLAD and, as
-`config.baselines`, a PGD-AT student, ARD, AdaAD, SmaraAD and SmaraAD++: all
+`config.baselines`, the `--students` (default: a PGD-AT student, ARD, AdaAD,
+SmaraAD and SmaraAD++; with `--natural_teacher_checkpoint` also MTARD, ADER
+and its single-teacher ablations, CIARD with each push mode): all
 students the same architecture, trained equally long with the same attack
 budget, each method with its own inner loss, init, BatchNorm mode and KL
 reduction. Every student is evaluated (clean, PGD-20, CW∞) on a fixed test
@@ -15,6 +17,10 @@ and training attacks use `--attack_steps` steps of 2.5·ε/steps (the papers
 use 10 × 2/255), the same for every student.
 
     python benchmarks/distill_cifar10.py --teacher_checkpoint=<pgd_at run>
+    python benchmarks/distill_cifar10.py --teacher_checkpoint=<pgd_at run> \
+        --natural_teacher_checkpoint=<natural run> --out=multi_teacher \
+        --students=mtard,ader,ader_clean_teacher,ader_adv_teacher,ciard,\
+ciard_bounded,ciard_no_push --workdir=runs/bench_multi_teacher
     python benchmarks/distill_cifar10.py --student_epochs=10
 """
 
@@ -34,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import rslad as rslad_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jard import attention_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jard import cam_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jard import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -50,13 +57,63 @@ flags.DEFINE_integer('attack_steps', 5, 'Training attack steps (all runs).')
 flags.DEFINE_integer('eval_examples', 1000, 'Test images evaluated.')
 flags.DEFINE_integer('train_examples', -1, 'Smoke runs: fewer training '
                      'images (-1: all 10k).')
-flags.DEFINE_bool('smaraad', True, 'Also train SmaraAD and SmaraAD++.')
+flags.DEFINE_list('students', 'pgd_at,ard,adaad,smaraad,smaraad_pp',
+                  'Students trained next to RSLAD (keys of STUDENTS).')
+flags.DEFINE_string('natural_teacher_checkpoint', '', 'A jard natural run: '
+                    'the clean teacher of MTARD, ADER and CIARD.')
+flags.DEFINE_string('natural_teacher', 'resnet20', 'Its architecture.')
 flags.DEFINE_integer('cam_examples', 1000, 'Test images of the teacher↔'
                      'student CAM MSE (0: skip).')
 flags.DEFINE_string('out', 'distill_cifar10', 'Result file stem.')
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EPS = 8 / 255
+
+
+def _ader(**method):
+  return {'method': {'name': 'ader', 'beta': 1.0, 'aux_weight': 1.0,
+                     'teachers': 'both', 'distill': 'both',
+                     'map_normalization': 'softmax', 'map_temperature': 1.0,
+                     **method},
+          'model': {'name': FLAGS.student, 'attention_stage': 2}}
+
+
+def _ciard(push):
+  # The budget is a few epochs: the teacher is retrained from epoch 1 (the
+  # paper: 50 of 300), the student keeps the shared cosine schedule.
+  return {'method': {'name': 'ciard', 'push': push, 'push_margin': 1.0,
+                     'weights': 'fixed', 'teacher_bn': 'train',
+                     'per_batch_decay_bug': False,
+                     'rate_boundaries': (215, 260, 285), 'retrain': True,
+                     'retrain_from_epoch': 1, 'teacher_lr': 1e-4,
+                     'teacher_momentum': 0.1, 'teacher_weight_decay': 2e-4}}
+
+
+# Students next to RSLAD: name -> config overrides (a method group replaces
+# the student's). MTARD, ADER and CIARD need --natural_teacher_checkpoint.
+STUDENTS = {
+    'pgd_at': lambda: {'method': {'name': 'pgd_at'},
+                       'attack': {'train': {'init': 'U'}}},
+    'ard': lambda: {'method': {'name': 'ard', 'alpha': 1.0,
+                               'temperature': 30.0},
+                    'attack': {'train': {'init': 'U'}}},
+    'adaad': lambda: {'method': {'name': 'adaad', 'alpha': 1.0,
+                                 'reduction': 'em'}},
+    'smaraad': lambda: {'method': {'name': 'smaraad', 'gamma': 1000.0,
+                                   'c': 2.0, 'alpha': 1.0, 'lam': 0.1,
+                                   'cam_class': 'label'}},
+    'smaraad_pp': lambda: {'method': {'name': 'smaraad_pp', 'gamma': 1000.0,
+                                      'c': 2.0, 'alpha': 1.0, 'lam': 0.1,
+                                      'cam_class': 'label'}},
+    'mtard': lambda: {'method': {'name': 'mtard', 'gamma': 1.0,
+                                 'eta': 0.025}},
+    'ader': _ader,
+    'ader_clean_teacher': lambda: _ader(teachers='clean'),
+    'ader_adv_teacher': lambda: _ader(teachers='adversarial'),
+    'ciard': lambda: _ciard('subtract'),
+    'ciard_bounded': lambda: _ciard('bounded'),
+    'ciard_no_push': lambda: _ciard('off'),
+}
 
 
 def make_config():
@@ -88,20 +145,17 @@ def make_config():
   recipe = config.teachers.robust.recipe
   recipe.num_epochs = FLAGS.teacher_epochs
   recipe.attack = ml_collections.ConfigDict({'train': {'init': 'U'}})
+  if FLAGS.natural_teacher_checkpoint:  # MTARD, ADER, CIARD
+    config.teachers.natural = default.teacher(
+        FLAGS.natural_teacher, method='natural', which='last',
+        checkpoint=os.path.abspath(FLAGS.natural_teacher_checkpoint))
   # Students next to RSLAD; method-specific settings come with the method
   # group (init: ARD uses U, AdaAD N, as their configs).
-  config.baselines.pgd_at = ml_collections.ConfigDict(
-      {'method': {'name': 'pgd_at'}, 'attack': {'train': {'init': 'U'}}})
-  config.baselines.ard = ml_collections.ConfigDict(
-      {'method': {'name': 'ard', 'alpha': 1.0, 'temperature': 30.0},
-       'attack': {'train': {'init': 'U'}}})
-  config.baselines.adaad = ml_collections.ConfigDict(
-      {'method': {'name': 'adaad', 'alpha': 1.0, 'reduction': 'em'}})
-  if FLAGS.smaraad:  # issue 6: SmaraAD and SmaraAD++ on the same budget
-    for name in ('smaraad', 'smaraad_pp'):
-      config.baselines[name] = ml_collections.ConfigDict(
-          {'method': {'name': name, 'gamma': 1000.0, 'c': 2.0, 'alpha': 1.0,
-                      'lam': 0.1, 'cam_class': 'label'}})
+  for name in FLAGS.students:
+    if name not in STUDENTS:
+      raise app.UsageError(f'--students: {name!r} is not one of '
+                           f'{sorted(STUDENTS)}.')
+    config.baselines[name] = ml_collections.ConfigDict(STUDENTS[name]())
   return config
 
 
@@ -175,6 +229,13 @@ def main(argv):
     dst = os.path.join(HERE, 'results', f'{FLAGS.out}_cam_grid.png')
     shutil.copyfile(src, dst)
     lines += ['', f'![CAM grid of {grid[0]}]({os.path.basename(dst)})']
+  ader_runs = [n for n in compared if n.startswith('ader ')]
+  if ader_runs:  # issue 7: one attention grid
+    src = attention_report.report(_run_dir(ader_runs[0]))
+    dst = os.path.join(HERE, 'results', f'{FLAGS.out}_attention_grid.png')
+    shutil.copyfile(src, dst)
+    lines += ['', f'![attention maps of {ader_runs[0]}]'
+              f'({os.path.basename(dst)})']
   with open(os.path.join(HERE, 'results', FLAGS.out + '.json'), 'w') as f:
     json.dump({name: {'accuracy': res['accuracy'], 'cam': cams.get(name),
                       'images_per_sec': _images_per_second(name)}
