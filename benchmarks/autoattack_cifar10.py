@@ -8,8 +8,8 @@ with the reference settings (APGD-CE 100 iterations, APGD-T and FAB-T 9
 targets × 100 iterations, Square 5000 queries) runs on a fixed subset of
 1000 test images (`eval_indices`, seed 0). Every step is compiled
 first, for every batch size the run may use (`AutoAttack.precompile`), so
-the timed run measures the attacks; compile time is reported on its own. Results go to
-`benchmarks/results/autoattack_cifar10.md` (and `.json`).
+the timed run measures the attacks; compile time is reported on its own.
+Results go to `benchmarks/results/autoattack_cifar10.md` (and `.json`).
 
     python benchmarks/autoattack_cifar10.py            # trains, then attacks
     python benchmarks/autoattack_cifar10.py --checkpoint=runs/pgd_at
@@ -86,8 +86,8 @@ def main(argv):
   variables = teachers.load_variables(train_dir, model, (32, 32, 3),
                                       which='last', field='--checkpoint')
   # The step attacked: a run stopped early says so instead of its recipe.
-  step = max((int(d) for d in os.listdir(os.path.join(train_dir, 'checkpoints'))
-              if d.isdigit()), default=None)
+  saved = os.listdir(os.path.join(train_dir, 'checkpoints'))
+  step = max((int(d) for d in saved if d.isdigit()), default=None)
 
   runner = evaluate_autoattack.AutoAttack(model, batch_size=FLAGS.batch_size)
   compile_seconds = runner.precompile(variables, test_ds.images.shape[1:])
@@ -101,7 +101,8 @@ def main(argv):
     robust &= ~result.broken_by[name]
 
   lines = [
-      f'# AutoAttack standard: {run_config["model"]["name"]}, {FLAGS.num_examples} CIFAR-10 test images', '',
+      f'# AutoAttack standard: {run_config["model"]["name"]}, '
+      f'{FLAGS.num_examples} CIFAR-10 test images', '',
       f'Machine: {platform.processor() or platform.machine()}, '
       f'{os.cpu_count()} CPU cores (affinity {len(os.sched_getaffinity(0))}),'
       f' devices {jax.devices()}, jax {jax.__version__}.', '',

@@ -259,7 +259,7 @@ def test_student_update_does_not_depend_on_teacher_retraining():
              for g in jax.tree.leaves(t_grad))
 
 
-# --- The quick pipeline ---------------------------------------------------------
+# --- The quick pipeline and devices ------------------------------------------
 
 
 def test_quick_runs_and_resumes_teacher_state_exactly(npz_path, tmp_path):
