@@ -14,9 +14,11 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 # faster but runs attack loops ~30x slower (PGD-20 on 32 CIFAR images: 126 s
 # instead of 4.5 s), which costs far more than it saves here.
 # Pipeline tests build the same steps in several runs (resume, rerun): a
-# persistent cache lets identical programs compile once per session.
+# persistent cache lets identical programs compile once per test session.
+# One directory per session: a local run that shared the directory with
+# earlier and concurrent runs segfaulted reading a cached executable.
 jax.config.update('jax_compilation_cache_dir',
-                  os.path.join(tempfile.gettempdir(), 'jard_test_jax_cache'))
+                  tempfile.mkdtemp(prefix='jard_test_jax_cache_'))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 # `configs` is a top-level folder of the repository, imported by tests.
