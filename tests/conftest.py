@@ -2,7 +2,6 @@
 
 import os
 import sys
-import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
@@ -13,13 +12,9 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 # Note: `jax_disable_most_optimizations` is *not* set. It makes compiles
 # faster but runs attack loops ~30x slower (PGD-20 on 32 CIFAR images: 126 s
 # instead of 4.5 s), which costs far more than it saves here.
-# Pipeline tests build the same steps in several runs (resume, rerun): a
-# persistent cache lets identical programs compile once per test session.
-# One directory per session: a local run that shared the directory with
-# earlier and concurrent runs segfaulted reading a cached executable.
-jax.config.update('jax_compilation_cache_dir',
-                  tempfile.mkdtemp(prefix='jard_test_jax_cache_'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+# No persistent compilation cache: with it, jaxlib segfaulted reading or
+# writing a cached CPU executable (evaluate_test's pmap eval step, after the
+# earlier test files had run in the same process; reproduced twice).
 
 # `configs` is a top-level folder of the repository, imported by tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
