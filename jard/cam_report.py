@@ -20,7 +20,7 @@ run or a PyTorch state_dict (`--teacher_model` then gives its architecture).
 import functools
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -40,27 +40,27 @@ PyTree = Any
 GRID = 'cam_grid.png'
 
 
-def cam_function(model, variables) -> Callable:
-  """`(x, classes) -> (logits, normalised CAM [B, H, W])` of one model."""
+def _cams(model, variables, x, classes):
+  """`(logits, normalised CAM [B, H, W])` of one model on x."""
   kernel = cam_lib.head_kernel(variables['params'], who=type(model).__name__)
-
-  def fn(x, classes):
-    outputs = model.apply(variables, x, train=False)
-    return outputs.logits, cam_lib.normalized_cam(outputs.features, kernel,
-                                                  classes)
-  return fn
+  outputs = model.apply(variables, x, train=False)
+  return outputs.logits, cam_lib.normalized_cam(outputs.features, kernel,
+                                                classes)
 
 
-@functools.partial(jax.jit, static_argnames=('student_fn', 'teacher_fn',
-                                             'attack', 'eps'))
-def _batch(x, y, keys, *, student_fn, teacher_fn, attack, eps):
+# The models are static and their variables arguments: one compile per pair
+# of architectures, shared by every student of that architecture, and no
+# weights baked into the program as constants.
+@functools.partial(jax.jit, static_argnames=('models_', 'attack', 'eps'))
+def _batch(x, y, keys, variables, *, models_, attack, eps):
   """Clean and adversarial CAMs and their per-example MSE on one batch."""
-  x_adv = evaluate.get_attack(attack)(lambda z: student_fn(z, y)[0], x, y,
-                                      keys, eps)
+  (student, teacher), (s_vars, t_vars) = models_, variables
+  x_adv = evaluate.get_attack(attack)(
+      lambda z: student.apply(s_vars, z, train=False).logits, x, y, keys, eps)
   out = {}
   for name, z in (('clean', x), ('adversarial', x_adv)):
-    _, s_cam = student_fn(z, y)
-    _, t_cam = teacher_fn(z, y)
+    _, s_cam = _cams(student, s_vars, z, y)
+    _, t_cam = _cams(teacher, t_vars, z, y)
     out[name] = (s_cam, t_cam, cam_lib.cam_alignment(s_cam, t_cam))
   return x_adv, out
 
@@ -85,8 +85,7 @@ def compare(student, teacher, images: np.ndarray, labels: np.ndarray, *,
     `{'clean': mse, 'adversarial': mse, 'num_examples': N, 'attack',
     'grid': {...arrays of the first examples}}`.
   """
-  student_fn = _Hashable(cam_function(*student))
-  teacher_fn = _Hashable(cam_function(*teacher))
+  models_, variables = (student[0], teacher[0]), (student[1], teacher[1])
   images = np.asarray(images)
   if images.dtype == np.uint8:
     images = images.astype(np.float32) / 255.0
@@ -103,9 +102,8 @@ def compare(student, teacher, images: np.ndarray, labels: np.ndarray, *,
     y = np.concatenate([y, np.zeros((pad,), y.dtype)])
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
         jnp.arange(start, start + batch_size))
-    x_adv, out = _batch(jnp.asarray(x), jnp.asarray(y), keys,
-                        student_fn=student_fn, teacher_fn=teacher_fn,
-                        attack=attack, eps=eps)
+    x_adv, out = _batch(jnp.asarray(x), jnp.asarray(y), keys, variables,
+                        models_=models_, attack=attack, eps=eps)
     for name in sums:
       sums[name] += float(np.sum(np.asarray(out[name][2])[:count]))
     if grid is None:
@@ -117,16 +115,6 @@ def compare(student, teacher, images: np.ndarray, labels: np.ndarray, *,
                                                   (1, 'teacher'))}}
   return {'clean': sums['clean'] / n, 'adversarial': sums['adversarial'] / n,
           'num_examples': n, 'attack': attack, 'grid': grid}
-
-
-class _Hashable:
-  """Wraps a closure so `jax.jit` can take it as a static argument."""
-
-  def __init__(self, fn):
-    self.fn = fn
-
-  def __call__(self, *args):
-    return self.fn(*args)
 
 
 # (column title, image key, map key or None) of the CAM grid.

@@ -14,6 +14,7 @@ from jard import methods
 from jard import pipeline
 from jard import train as train_lib
 from jard.methods import standard
+from quick_configs import apply_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,13 +25,7 @@ def _quick_config(npz_path, **overrides):
   # The full protocol (AutoAttack, the ε curve) runs in the main-command test.
   config.eval.autoattack.version = ''
   config.eval.curve_epsilons = ''
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return apply_overrides(config, **overrides)
 
 
 def _restore_raw(directory, step=None):

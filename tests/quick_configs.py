@@ -19,6 +19,11 @@ def quick_image_config(module: str, variant: str, npz_path: str,
   config.eval.num_examples = 32
   config.eval.checkpoints = 'last'
   config.select.metric = ''
+  return apply_overrides(config, **overrides)
+
+
+def apply_overrides(config, **overrides):
+  """Sets dotted-path fields, e.g. `**{'eval.attacks': 'clean'}`."""
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split('.')
