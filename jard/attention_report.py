@@ -24,7 +24,6 @@ import numpy as np
 from jard import cam_report
 from jard import data as data_lib
 from jard import evaluate
-from jard import models
 from jard import teachers as teacher_lib
 from jard.methods import ader
 
@@ -96,16 +95,10 @@ def report(workdir: str, *, data: str = '', num_images: int = 6,
   config, test, student = cam_report.load_run_and_test_set(workdir, data,
                                                            which)
   shape = test.images.shape[1:]
-  teachers = []
-  for name in ('natural', 'robust'):
-    spec = config.teachers[name]
-    kwargs = {k: v for k, v in spec.model.items() if k != 'name'}
-    model = models.create_model(spec.model.name, config.dataset.num_classes,
-                                **kwargs)
-    teachers.append((model, teacher_lib.load_variables(
-        teacher_lib.teacher_train_dir(config, name, workdir), model, shape,
-        which=spec.which, field=f'config.teachers.{name}.checkpoint',
-        arch=spec.model.name)))
+  frozen = teacher_lib.build_teachers(config, workdir, shape,
+                                      config.dataset.num_classes)
+  teachers = [(frozen[n].model, frozen[n].variables)
+              for n in ('natural', 'robust')]
   rows = data_lib.eval_indices(len(test.labels), num_images)
   grid = attention_grid(student, *teachers, test.images[rows],
                         test.labels[rows])

@@ -20,8 +20,6 @@ run or a PyTorch state_dict (`--teacher_model` then gives its architecture).
 import functools
 import json
 import os
-from typing import Any
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -36,7 +34,6 @@ from jard import models
 from jard import teachers as teacher_lib
 from jard.losses import cam as cam_lib
 
-PyTree = Any
 GRID = 'cam_grid.png'
 
 
