@@ -1,5 +1,6 @@
 """Test setup: 8 forced CPU devices and fast compiles, before JAX starts."""
 
+import gc
 import os
 import sys
 
@@ -12,9 +13,8 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 # Note: `jax_disable_most_optimizations` is *not* set. It makes compiles
 # faster but runs attack loops ~30x slower (PGD-20 on 32 CIFAR images: 126 s
 # instead of 4.5 s), which costs far more than it saves here.
-# No persistent compilation cache: with it, jaxlib segfaulted reading or
-# writing a cached CPU executable (evaluate_test's pmap eval step, after the
-# earlier test files had run in the same process; reproduced twice).
+# No persistent compilation cache: it is not needed, and it made the
+# compiles of the whole suite slower to diagnose.
 
 # `configs` is a top-level folder of the repository, imported by tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,3 +31,17 @@ def npz_fixture(tmp_path_factory):
   np.savez(path, image=rng.integers(0, 256, (96, 32, 32, 3), np.uint8),
            label=rng.integers(0, 10, (96,)))
   return path
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _release_compiled_executables():
+  """Frees every compiled executable after each test module.
+
+  Each XLA:CPU executable holds ~4 memory mappings until its jit cache entry
+  goes. The whole suite in one process compiles ~15k of them, which reaches
+  the kernel's `vm.max_map_count` (65530); the next compile then segfaults
+  inside LLVM (seen in CI at evaluate_test, test 287 of 454).
+  """
+  yield
+  jax.clear_caches()
+  gc.collect()
