@@ -11,6 +11,11 @@ first, for every batch size the run may use (`AutoAttack.precompile`), so
 the timed run measures the attacks; compile time is reported on its own.
 Results go to `benchmarks/results/autoattack_cifar10.md` (and `.json`).
 
+On 2 CPU cores the attacks take hours, so the run keeps its progress in
+`<workdir>/<out>_progress.npz` after every batch: the same command, run
+again, resumes after the last finished batch with the same per-example
+results, and each attack's seconds add up over the resumed runs.
+
     python benchmarks/autoattack_cifar10.py            # trains, then attacks
     python benchmarks/autoattack_cifar10.py --checkpoint=runs/pgd_at
 """
@@ -91,7 +96,9 @@ def main(argv):
 
   runner = evaluate_autoattack.AutoAttack(model, batch_size=FLAGS.batch_size)
   compile_seconds = runner.precompile(variables, test_ds.images.shape[1:])
-  result = runner.run(variables, test_ds, num_examples=FLAGS.num_examples)
+  result = runner.run(
+      variables, test_ds, num_examples=FLAGS.num_examples,
+      progress_path=os.path.join(FLAGS.workdir, FLAGS.out + '_progress.npz'))
   summary = result.summary()
   total = sum(result.seconds.values())
   attacked = {}
@@ -131,6 +138,8 @@ def main(argv):
                  f'{result.seconds[name]:.1f} |')
   lines += ['', 'Each attack runs only on the points still robust, so its '
             'time scales with them (an attack with 0 points costs nothing).',
+            'A run stopped and resumed from its progress file adds the '
+            'seconds of each part.',
             '', f'Sanity checks: {summary["warnings"] or "all passed"}.', '']
   os.makedirs(os.path.join(HERE, 'results'), exist_ok=True)
   with open(os.path.join(HERE, 'results', FLAGS.out + '.md'), 'w') as f:

@@ -261,9 +261,12 @@ def parse_epsilons(value: str, field: str = 'config.eval.curve_epsilons'
 
 
 def image_protocol(config, model, evaluator: Evaluator, variables, test_ds,
-                   surrogate=None) -> dict:
+                   surrogate=None, autoattack_progress=None) -> dict:
   """METHODS.md's protocol on one checkpoint: suite, curve, AutoAttack,
-  transfer. Returns `{'accuracy', 'seconds'[, 'curve', 'autoattack']}`."""
+  transfer. Returns `{'accuracy', 'seconds'[, 'curve', 'autoattack']}`.
+
+  `autoattack_progress`: AutoAttack's progress file, so that a killed eval
+  stage resumes its AutoAttack after the last finished batch."""
   params, batch_stats = variables['params'], variables['batch_stats']
   num_examples = config.eval.num_examples
   accuracy = evaluator.run(params, batch_stats, test_ds, num_examples)
@@ -289,7 +292,8 @@ def image_protocol(config, model, evaluator: Evaluator, variables, test_ds,
         seed=config.eval.seed, n_iter=aa_cfg.n_iter,
         n_queries=aa_cfg.n_queries)
     result = runner.run(variables, test_ds, aa_cfg.num_examples
-                        if aa_cfg.num_examples != -1 else num_examples)
+                        if aa_cfg.num_examples != -1 else num_examples,
+                        progress_path=autoattack_progress)
     out['autoattack'] = result.summary()
     accuracy['autoattack'] = out['autoattack']['robust_accuracy']
     seconds['autoattack'] = float(sum(result.seconds.values()))

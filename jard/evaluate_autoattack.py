@@ -30,7 +30,11 @@ PyTorch calls; a JAX model is a pure function, so it does not apply.
 """
 
 import dataclasses
+import hashlib
+import json
+import os
 import time
+import zipfile
 from typing import Optional
 
 from absl import logging
@@ -217,8 +221,21 @@ class AutoAttack:
   # -- the evaluation ------------------------------------------------------
 
   def run(self, variables, ds: data_lib.ImageDataset,
-          num_examples: int = -1) -> Result:
-    """AutoAttack on the test set (or a fixed subset, `eval_indices`)."""
+          num_examples: int = -1,
+          progress_path: Optional[str] = None) -> Result:
+    """AutoAttack on the test set (or a fixed subset, `eval_indices`).
+
+    Args:
+      variables: the model's variables.
+      ds: the test set.
+      num_examples: evaluate `eval_indices(len(ds), num_examples)`.
+      progress_path: an `.npz` file, replaced atomically after the clean
+        pass and after every batch of every attack. A run given an existing
+        file resumes after its last finished batch; since each example's
+        randomness depends only on its row, the per-example results equal
+        those of a run never stopped. The file must come from the same
+        variables, rows and settings (checked before anything runs).
+    """
     if jax.process_count() > 1:
       raise NotImplementedError(
           'AutoAttack compacts the robust points on the host; multi-process '
@@ -228,47 +245,82 @@ class AutoAttack:
                        'radio protocol is `jard.evaluate_radio`.')
     rows = data_lib.eval_indices(len(ds), num_examples)
     images, labels = ds.images, ds.labels
+    names = list(self._attacks)
+    fingerprint = self._fingerprint(variables, rows)
+    state = None
+    if progress_path:
+      state = _load_progress(progress_path, fingerprint, len(rows),
+                             len(names), images.shape[1:])
     warnings = self._checks_before(variables, images[rows[:self.batch_size]],
                                    labels[rows[:self.batch_size]],
                                    ds.num_classes)
     n = len(rows)
     position = np.full(len(ds), -1)
     position[rows] = np.arange(n)
-    seconds, accuracy = {}, {}
 
-    start = time.perf_counter()
-    clean = []
-    for real, batch in self._batches(images, labels, rows):
-      out = parallel.to_host(self._clean(variables, self._shard(batch)),
-                             self.mode)
-      clean.append(out[real])
-    clean = np.concatenate(clean)
-    seconds['clean'] = time.perf_counter() - start
-    accuracy['clean'] = float(np.mean(clean))
-    logging.info('AutoAttack %s: clean accuracy %.2f%% on %d examples.',
-                 self.version, 100 * accuracy['clean'], n)
-
-    robust = clean.copy()
-    x_adv = np.array(data_lib.to_float(images[rows]), np.float32)
-    broken_by = {}
-    for name, step in self._attacks.items():
+    if state is None:
       start = time.perf_counter()
-      todo = rows[robust]
-      broken_by[name] = np.zeros(n, bool)
-      for real, batch in self._batches(images, labels, todo):
+      clean = []
+      for real, batch in self._batches(images, labels, rows):
+        out = parallel.to_host(self._clean(variables, self._shard(batch)),
+                               self.mode)
+        clean.append(out[real])
+      clean = np.concatenate(clean)
+      state = {'fingerprint': np.array(fingerprint), 'clean': clean,
+               'robust': clean.copy(),
+               'x_adv': np.array(data_lib.to_float(images[rows]), np.float32),
+               'broken_by': np.zeros((len(names), n), bool),
+               'seconds': np.zeros(len(names) + 1),
+               'stage': np.array(0), 'todo': rows[clean], 'done': np.array(0)}
+      state['seconds'][0] = time.perf_counter() - start
+      if progress_path:
+        _save_progress(progress_path, state)
+    else:
+      logging.info('AutoAttack: resuming %s at attack %d of %d (%d of its %d '
+                   'points done).', progress_path, int(state['stage']) + 1,
+                   len(names), int(state['done']), len(state['todo']))
+    logging.info('AutoAttack %s: clean accuracy %.2f%% on %d examples.',
+                 self.version, 100 * state['clean'].mean(), n)
+
+    for a in range(int(state['stage']), len(names)):
+      step = self._attacks[names[a]]
+      todo = state['todo']
+      for real, batch in self._batches(images, labels,
+                                       todo[int(state['done']):]):
+        start = time.perf_counter()
         adv, broken = step(variables, self._shard(batch))
         adv = parallel.to_host(adv, self.mode)[real]
         broken = parallel.to_host(broken, self.mode)[real]
         where = position[batch['index'][real][broken]]
-        x_adv[where] = adv[broken]
-        robust[where] = False
-        broken_by[name][where] = True
-      seconds[name] = time.perf_counter() - start
-      accuracy[name] = float(np.mean(robust))
+        state['x_adv'][where] = adv[broken]
+        state['robust'][where] = False
+        state['broken_by'][a, where] = True
+        state['done'] = np.array(int(state['done']) + int(real.sum()))
+        state['seconds'][a + 1] += time.perf_counter() - start
+        if progress_path:
+          _save_progress(progress_path, state)
       logging.info('robust accuracy after %s: %.2f%% (%.1f s, %d points '
-                   'attacked)', name.upper(), 100 * accuracy[name],
-                   seconds[name], len(todo))
+                   'attacked)', names[a].upper(),
+                   100 * state['robust'].mean(), state['seconds'][a + 1],
+                   len(todo))
+      # The next attack's points are fixed when it starts, so a resumed
+      # run re-batches exactly the same rows.
+      state['stage'] = np.array(a + 1)
+      state['todo'] = rows[state['robust']]
+      state['done'] = np.array(0)
+      if progress_path:
+        _save_progress(progress_path, state)
 
+    clean, robust, x_adv = state['clean'], state['robust'], state['x_adv']
+    seconds = {'clean': float(state['seconds'][0])}
+    accuracy = {'clean': float(np.mean(clean))}
+    broken_by = {}
+    still = clean.copy()
+    for a, name in enumerate(names):
+      broken_by[name] = state['broken_by'][a].copy()
+      still &= ~broken_by[name]
+      seconds[name] = float(state['seconds'][a + 1])
+      accuracy[name] = float(np.mean(still))
     warnings.update(self._checks_after(variables, images[rows], labels[rows],
                                        x_adv, robust, accuracy))
     for check, message in warnings.items():
@@ -277,6 +329,16 @@ class AutoAttack:
                   broken_by=broken_by, x_adv=x_adv, accuracy=accuracy,
                   seconds=seconds, warnings=warnings, version=self.version,
                   epsilon=self.epsilon, settings=self.settings)
+
+  def _fingerprint(self, variables, rows) -> str:
+    """What a progress file must match: variables, rows and settings."""
+    digest = hashlib.sha256(np.asarray(rows, np.int64).tobytes())
+    for leaf in jax.tree.leaves(variables):
+      digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return json.dumps({'version': self.version, 'epsilon': self.epsilon,
+                       'settings': self.settings,
+                       'attacks': list(self._attacks),
+                       'sha256': digest.hexdigest()}, sort_keys=True)
 
   # -- the reference's sanity checks ---------------------------------------
 
@@ -353,3 +415,45 @@ class AutoAttack:
     if problems:
       warnings['final'] = '; '.join(problems)
     return warnings
+
+
+# -- the progress file --------------------------------------------------------
+
+_PROGRESS_KEYS = ('fingerprint', 'clean', 'robust', 'x_adv', 'broken_by',
+                  'seconds', 'stage', 'todo', 'done')
+
+
+def _save_progress(path: str, state: dict) -> None:
+  """Writes the state next to `path`, then renames: never a partial file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **state)
+  os.replace(tmp, path)
+
+
+def _load_progress(path: str, fingerprint: str, n: int, num_attacks: int,
+                   image_shape) -> Optional[dict]:
+  """The saved state, None without a file; a clear error if it does not fit."""
+  if not os.path.exists(path):
+    return None
+  fix = f'delete {path} to start over, or pass another progress_path.'
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      state = {key: f[key] for key in _PROGRESS_KEYS}
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f'AutoAttack progress file {path} is unreadable '
+                     f'({e}); {fix}') from e
+  if str(state['fingerprint']) != fingerprint:
+    raise ValueError(f'AutoAttack progress file {path} was written for other '
+                     f'variables, test rows or settings; {fix}')
+  shapes = {'clean': (n,), 'robust': (n,), 'x_adv': (n, *image_shape),
+            'broken_by': (num_attacks, n), 'seconds': (num_attacks + 1,),
+            'stage': (), 'done': ()}
+  bad = [k for k, shape in shapes.items() if state[k].shape != shape]
+  stage, done = int(state['stage']), int(state['done'])
+  if bad or not 0 <= stage <= num_attacks or not (
+      0 <= done <= len(state['todo'])):
+    raise ValueError(f'AutoAttack progress file {path} is inconsistent '
+                     f'(fields {bad or ["stage/done"]}); {fix}')
+  state['x_adv'] = state['x_adv'].astype(np.float32)
+  return state

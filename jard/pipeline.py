@@ -377,7 +377,10 @@ def evaluate_checkpoints(config, train_dir, model, test_ds) -> dict:
         summary['accuracy'] = summary['radio']['accuracy']
       else:
         summary.update(evaluate.image_protocol(
-            config, model, evaluator, variables, test_ds, surrogate))
+            config, model, evaluator, variables, test_ds, surrogate,
+            autoattack_progress=os.path.join(
+                os.path.dirname(train_dir), 'eval',
+                f'autoattack_progress_{name}_{step}.npz')))
       results[name] = summary
       logging.info('%s: %s', name, summary['accuracy'])
   finally:

@@ -204,6 +204,57 @@ def test_runner_matches_the_cascade_and_any_device_count(robust_model):
                                      'square'}
 
 
+class _Killed(Exception):
+  """Stands for the process dying in the middle of an attack."""
+
+
+def test_a_stopped_run_resumes_from_its_progress_file(robust_model, tmp_path):
+  model, variables, ds = robust_model
+  runner = evaluate_autoattack.AutoAttack(model, batch_size=8, **FAST)
+  full = runner.run(variables, ds, num_examples=96)
+  assert (full.clean & ~full.broken_by['apgd-ce']).sum() > 8  # 2+ batches
+  path = str(tmp_path / 'progress.npz')
+  apgd_t = runner._attacks['apgd-t']  # pylint: disable=protected-access
+  calls = []
+
+  def dies_in_its_second_batch(*args):
+    calls.append(1)
+    if len(calls) == 2:
+      raise _Killed()
+    return apgd_t(*args)
+
+  runner._attacks['apgd-t'] = dies_in_its_second_batch  # pylint: disable=protected-access
+  with pytest.raises(_Killed):
+    runner.run(variables, ds, num_examples=96, progress_path=path)
+  with np.load(path, allow_pickle=False) as saved:
+    assert (int(saved['stage']), int(saved['done'])) == (1, 8)
+  runner._attacks['apgd-t'] = apgd_t  # pylint: disable=protected-access
+  resumed = runner.run(variables, ds, num_examples=96, progress_path=path)
+  np.testing.assert_array_equal(resumed.robust, full.robust)
+  for name in full.broken_by:
+    np.testing.assert_array_equal(resumed.broken_by[name],
+                                  full.broken_by[name], err_msg=name)
+  np.testing.assert_array_equal(resumed.x_adv, full.x_adv)
+  assert resumed.accuracy == full.accuracy
+  assert resumed.seconds['apgd-ce'] > 0 and resumed.warnings == {}
+  # A finished file gives its result again without attacking.
+  def never(*args):
+    raise _Killed()
+
+  runner._attacks = {name: never for name in full.broken_by}  # pylint: disable=protected-access
+  again = runner.run(variables, ds, num_examples=96, progress_path=path)
+  np.testing.assert_array_equal(again.robust, full.robust)
+  runner = evaluate_autoattack.AutoAttack(model, batch_size=8, **FAST)
+  # A file of other variables, or a damaged one, is refused up front.
+  other = jax.tree.map(lambda v: v * 1.01, variables)
+  with pytest.raises(ValueError, match='other variables, test rows'):
+    runner.run(other, ds, num_examples=96, progress_path=path)
+  with open(path, 'wb') as f:
+    f.write(b'not an npz file')
+  with pytest.raises(ValueError, match='unreadable.*delete'):
+    runner.run(variables, ds, num_examples=96, progress_path=path)
+
+
 def test_deterministic_for_a_seed_and_different_for_another(robust_model):
   model, variables, ds = robust_model
   run = lambda seed: evaluate_autoattack.AutoAttack(

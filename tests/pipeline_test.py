@@ -70,6 +70,13 @@ def test_main_runs_quick_config_under_mock_tfds(tmp_path, monkeypatch):
   assert aa['num_examples'] == 48 and aa['settings']['n_queries'] == 50
   assert summary['curve']['epsilons'] == [4 / 255, 8 / 255]
   assert set(summary['seconds']) >= {'clean', 'fgsm', 'cw_inf', 'autoattack'}
+  # AutoAttack kept its progress, so a killed eval stage would resume it.
+  progress = [f for f in os.listdir(os.path.join(workdir, 'eval'))
+              if f.startswith('autoattack_progress_last_')]
+  assert len(progress) == 1, progress
+  with np.load(os.path.join(workdir, 'eval', progress[0]),
+               allow_pickle=False) as saved:
+    assert int(saved['stage']) == 4  # all four attacks finished
   with open(os.path.join(workdir, 'eval', 'report.md')) as f:
     report = f.read()
   assert '| cw_inf |' in report and '| after | robust accuracy (%) |' in report
