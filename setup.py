@@ -29,7 +29,9 @@ setuptools.setup(
         'matplotlib>=3.8',
     ],
     extras_require={
-        'test': ['pytest>=8.0'],
+        # The notebooks run in the suite (tests/notebooks_test.py).
+        'test': ['pytest>=8.0', 'nbclient>=0.10', 'nbformat>=5.10',
+                 'ipykernel>=6.29'],
         'torch': ['torch>=2.13.0'],
         'notebooks': ['jupyter>=1.0', 'nbclient>=0.10', 'nbformat>=5.10',
                       'ipykernel>=6.29'],

@@ -131,6 +131,10 @@ def get_config(arg=None):
   config.eval.transfer.model = ml_collections.ConfigDict()
   config.eval.transfer.model.name = ''
   config.eval.transfer.attacks = 'pgd20_sat,cw_inf'
+  # Figures linked from eval/report.md: the training curves, and for
+  # SmaraAD the teacher/student CAM grid (with the CAM MSE on the evaluated
+  # examples), for ADER the attention grid.
+  config.eval.figures = True
   # The radio protocol (jard.evaluate_radio), used for radio sources.
   config.eval.radio = ml_collections.ConfigDict()
   # Reference PNR (dB) of the accuracy-vs-SNR curves and the summary table.

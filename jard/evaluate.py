@@ -313,6 +313,8 @@ def image_protocol(config, model, evaluator: Evaluator, variables, test_ds,
   return out
 
 
-def write_report(results: dict, directory: str, *, title: str) -> None:
-  """Writes `results.json`, `report.md` and the PNG curve (`jard.reports`)."""
-  reports.write_report(results, directory, title=title)
+def write_report(results: dict, directory: str, *, title: str,
+                 figures=None) -> None:
+  """Writes `results.json`, `report.md` and the PNG curve (`jard.reports`);
+  `figures` (`{heading: PNG name}` in `directory`) are linked."""
+  reports.write_report(results, directory, title=title, figures=figures)

@@ -29,6 +29,7 @@ from jard import attacks
 from jard import data as data_lib
 from jard import losses
 from jard import parallel
+from jard import reports
 
 SUITE = ('clean', 'fgm', 'pgd')
 
@@ -221,7 +222,8 @@ def _plot(results_by_model: dict, directory: str) -> list[str]:
 
 
 def write_report(results_by_model: dict, directory: str, *, title: str,
-                 params_by_model: Optional[dict] = None) -> None:
+                 params_by_model: Optional[dict] = None,
+                 figures: Optional[dict] = None) -> None:
   """Writes `results.json`, `report.md` and the PNG plots into `directory`.
 
   Args:
@@ -229,6 +231,8 @@ def write_report(results_by_model: dict, directory: str, *, title: str,
     directory: output directory.
     title: the report's heading.
     params_by_model: display name -> parameter count (optional column).
+    figures: `{heading: PNG file name}` already in `directory`, linked at
+      the end.
   """
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'results.json'), 'w') as f:
@@ -271,6 +275,7 @@ def write_report(results_by_model: dict, directory: str, *, title: str,
              for r in results_by_model.values()]
     lines.append(f'| {s:g} | ' + ' | '.join(cells) + ' |')
   lines += [''] + [f'![{p}]({p})' for p in plots] + ['']
+  lines += reports.figure_lines(figures)
   with open(os.path.join(directory, 'report.md'), 'w') as f:
     f.write('\n'.join(lines))
   logging.info('Wrote %s/report.md with %s.', directory, plots)

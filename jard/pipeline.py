@@ -23,6 +23,7 @@ run with; a killed stage resumes from its last checkpoint.
 import copy
 import json
 import os
+import shutil
 
 from absl import logging
 import jax
@@ -36,6 +37,7 @@ from jard import methods
 from jard import evaluate_radio
 from jard import models
 from jard import parallel
+from jard import reports
 from jard import teachers as teacher_lib
 from jard import train as train_lib
 from jard import validation
@@ -275,19 +277,65 @@ def _chosen(results: dict) -> dict:
   return results.get('best') or results.get('last') or {}
 
 
+def _cam_grid(workdir, eval_dir, config, which):
+  """SmaraAD's picture: teacher and student CAMs, clean and adversarial."""
+  from jard import cam_report  # pylint: disable=g-import-not-at-top
+  mse = cam_report.report(workdir, num_examples=config.eval.num_examples,
+                          which=which, out=eval_dir)
+  return {f'CAM grid ({which} checkpoint; CAM MSE teacher↔student: clean '
+          f'{mse["clean"]:.4f}, adversarial {mse["adversarial"]:.4f})':
+              cam_report.GRID}
+
+
+def _attention_grid(workdir, eval_dir, config, which):
+  """ADER's picture: student and both teachers' attention maps."""
+  del config
+  from jard import attention_report  # pylint: disable=g-import-not-at-top
+  path = attention_report.report(workdir, which=which, out=eval_dir)
+  return {f'Attention maps ({which} checkpoint)': os.path.basename(path)}
+
+
+# Method -> the picture drawn into eval/ and linked from report.md.
+METHOD_FIGURES = {'smaraad': _cam_grid, 'smaraad_pp': _cam_grid,
+                  'ader': _attention_grid}
+
+
+def _figures(config, results, eval_dir) -> dict:
+  """Draws the run's figures into `eval_dir`: `{heading: PNG name}`."""
+  if not config.eval.figures or jax.process_index() > 0:
+    return {}
+  workdir = os.path.dirname(eval_dir)
+  figures = {}
+  os.makedirs(eval_dir, exist_ok=True)
+  if reports.plot_training_curves(os.path.join(workdir, 'train'),
+                                  os.path.join(eval_dir, reports.CURVES)):
+    figures['Training curves'] = reports.CURVES
+  draw = METHOD_FIGURES.get(config.method.name)
+  if draw is not None and results:
+    figures.update(draw(workdir, eval_dir, config,
+                        'best' if 'best' in results else 'last'))
+  return figures
+
+
 def _write_eval_report(config, results, eval_dir, display_name):
   title = f'{display_name}: {config.method.name} / {config.model.name}'
+  figures = _figures(config, results, eval_dir)
   if data_lib.is_radio_config(config.dataset):
     for which, summary in results.items():
       name = f'{display_name} ({which}, step {summary["step"]})'
+      directory = os.path.join(eval_dir, which)
+      os.makedirs(directory, exist_ok=True)
+      for png in figures.values():  # The report links files next to it.
+        shutil.copyfile(os.path.join(eval_dir, png),
+                        os.path.join(directory, png))
       evaluate_radio.write_report(
-          {name: summary['radio']}, os.path.join(eval_dir, which),
-          title=title, params_by_model={name: summary['num_params']})
+          {name: summary['radio']}, directory, title=title,
+          params_by_model={name: summary['num_params']}, figures=figures)
     if jax.process_index() == 0:
       with open(os.path.join(eval_dir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=2, sort_keys=True)
   else:
-    evaluate.write_report(results, eval_dir, title=title)
+    evaluate.write_report(results, eval_dir, title=title, figures=figures)
 
 
 def write_comparison(config, compared: dict, workdir: str) -> None:

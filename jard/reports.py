@@ -12,16 +12,76 @@ one run ('last', 'best') or a model of a comparison, and a summary is what
 
 The report has one table per entry (accuracy and seconds per attack), the
 AutoAttack cascade (robust accuracy after each attack, seconds, images/s,
-failed sanity checks), and `robust_accuracy_vs_eps.png`.
+failed sanity checks), `robust_accuracy_vs_eps.png`, and links to the
+figures the pipeline drew next to it (`training_curves.png` from the run's
+`metrics.jsonl`, the CAM or attention grids of the methods that have them).
 """
 
 import json
 import os
+from typing import Optional
 
 from absl import logging
 import numpy as np
 
 PLOT = 'robust_accuracy_vs_eps.png'
+CURVES = 'training_curves.png'
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_training_curves(logdir: str, path: str) -> bool:
+  """Loss, accuracies and learning rate vs step, from `metrics.jsonl`.
+
+  Panels: the training loss; every `train/*accuracy` (clean and adversarial
+  on the training batches) and `select/*` accuracy (the held-out split);
+  the learning rate. Returns False (and draws nothing) when the run wrote
+  no metrics, e.g. a run that was only evaluated.
+  """
+  from jard import metric_writers  # pylint: disable=g-import-not-at-top
+  try:
+    scalars = metric_writers.read_scalars(logdir)
+  except OSError:
+    return False
+  if not scalars.get('train/loss'):
+    return False
+  accuracies = sorted(k for k in scalars if k.endswith('accuracy')
+                      and k.startswith(('train/', 'select/')))
+  panels = [('loss', ['train/loss']), ('accuracy (%)', accuracies),
+            ('learning rate', ['train/learning_rate'])]
+  panels = [(label, [k for k in keys if scalars.get(k)])
+            for label, keys in panels]
+  panels = [(label, keys) for label, keys in panels if keys]
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4),
+                           squeeze=False)
+  for ax, (label, keys) in zip(axes[0], panels):
+    for key in keys:
+      steps, values = zip(*_last_per_step(scalars[key]))
+      scale = 100 if label.startswith('accuracy') else 1
+      ax.plot(steps, scale * np.asarray(values),
+              'o-' if key.startswith('select/') else '-', ms=3, label=key)
+    ax.set_xlabel('step')
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    if len(keys) > 1:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True
+
+
+def _last_per_step(points):
+  """A resumed run may log a step twice: keep its last value, in order."""
+  by_step = dict(points)
+  return sorted(by_step.items())
 
 
 def _plot(results: dict, directory: str) -> bool:
@@ -30,9 +90,7 @@ def _plot(results: dict, directory: str) -> bool:
             if isinstance(v, dict) and v.get('curve')}
   if not curves:
     return False
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   styles = ['-o', '--s', ':^', '-.v']
   for i, (entry, curve) in enumerate(curves.items()):
@@ -102,8 +160,13 @@ def _entry_lines(entry: str, summary: dict) -> list[str]:
   return lines
 
 
-def write_report(results: dict, directory: str, *, title: str) -> None:
-  """Writes `results.json`, `report.md` and the robustness curve."""
+def write_report(results: dict, directory: str, *, title: str,
+                 figures: Optional[dict] = None) -> None:
+  """Writes `results.json`, `report.md` and the robustness curve.
+
+  `figures`: `{heading: file name}` of PNGs already in `directory`, linked
+  at the end of the report.
+  """
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'results.json'), 'w') as f:
     json.dump(results, f, indent=2, sort_keys=True)
@@ -114,6 +177,15 @@ def write_report(results: dict, directory: str, *, title: str) -> None:
   if _plot(results, directory):
     lines += ['## Robust accuracy vs ε', '', f'![robust accuracy vs ε]({PLOT})',
               '']
+  lines += figure_lines(figures)
   with open(os.path.join(directory, 'report.md'), 'w') as f:
     f.write('\n'.join(lines))
   logging.info('Wrote %s/report.md.', directory)
+
+
+def figure_lines(figures: Optional[dict]) -> list[str]:
+  """Markdown sections linking `{heading: PNG file name}`."""
+  lines = []
+  for heading, name in (figures or {}).items():
+    lines += [f'## {heading}', '', f'![{heading}]({name})', '']
+  return lines

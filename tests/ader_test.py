@@ -13,12 +13,14 @@ from jard import attention_report
 from jard import methods
 from jard import models
 from jard import pipeline
+from jard import reports
 from jard import validation
 from jard.losses import spatial_attention
 from jard.methods import ader
 from jard.models import Outputs
 from jard.models import resnet
 import numpy_reference
+from quick_configs import linked_pngs
 from quick_configs import quick_image_config
 
 B, C = 6, 10
@@ -305,8 +307,10 @@ def test_quick_runs_end_to_end_and_draws_the_attention_grid(npz_path,
   assert results['last']['step'] == 4
   for name in ('natural', 'robust'):
     assert os.path.isdir(os.path.join(workdir, 'teachers', name, 'train'))
-  path = attention_report.report(workdir, num_images=3)
-  assert os.path.getsize(path) > 1000
+  # The eval stage drew the attention grid (`attention_report.report`) and
+  # the training curves; report.md links both.
+  linked_pngs(os.path.join(workdir, 'eval', 'report.md'),
+              attention_report.GRID, reports.CURVES)
 
 
 def test_attention_grid_maps():

@@ -22,6 +22,8 @@ from jard.methods import Context
 from jard.methods import Teacher
 from jard.methods import atard
 
+from quick_configs import linked_pngs
+
 
 def _vit_params(width, depth, mlp, patch=8, length=128, classes=11):
   """ViT parameter count written out independently of the Flax module."""
@@ -287,10 +289,11 @@ def test_atard_quick_pipeline_end_to_end(tmp_path):
       assert len(curve['pgd']) == len(curve['fgm']) == 2
     assert len(res['vs_snr']['snr']) == len(res['vs_snr']['pgd'])
     assert res['grad_norm'] > 0
-  report = open(os.path.join(workdir, 'report.md')).read()
-  for png in ('accuracy_vs_pnr.png', 'accuracy_vs_snr.png'):
-    assert f']({png})' in report
-    assert os.path.getsize(os.path.join(workdir, png)) > 1000
+  linked_pngs(os.path.join(workdir, 'report.md'), 'accuracy_vs_pnr.png',
+              'accuracy_vs_snr.png')
+  # The student's own report also has its training curves.
+  linked_pngs(os.path.join(workdir, 'eval', 'last', 'report.md'),
+              'accuracy_vs_pnr.png', 'training_curves.png')
   # A second run skips everything and returns the same results.
   again = pipeline.run(atard_config.get_config('quick'), workdir)
   assert again == json.loads(json.dumps(results))

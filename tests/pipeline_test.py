@@ -15,6 +15,7 @@ from jard import pipeline
 from jard import train as train_lib
 from jard.methods import standard
 from quick_configs import apply_overrides
+from quick_configs import linked_pngs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,9 +82,8 @@ def test_main_runs_quick_config_under_mock_tfds(tmp_path, monkeypatch):
     report = f.read()
   assert '| cw_inf |' in report and '| after | robust accuracy (%) |' in report
   assert 'reduced settings' in report  # quick's AutoAttack says so
-  assert '](robust_accuracy_vs_eps.png)' in report
-  assert os.path.getsize(os.path.join(workdir, 'eval',
-                                      'robust_accuracy_vs_eps.png')) > 1000
+  linked_pngs(os.path.join(workdir, 'eval', 'report.md'),
+              'robust_accuracy_vs_eps.png', 'training_curves.png')
   assert os.path.exists(os.path.join(workdir, 'train', 'metrics.jsonl'))
   assert any(f.startswith('events.out.tfevents')
              for f in os.listdir(os.path.join(workdir, 'train')))

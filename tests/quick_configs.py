@@ -31,3 +31,21 @@ def apply_overrides(config, **overrides):
       target = target[parent]
     target[leaf] = value
   return config
+
+
+def linked_pngs(report_path: str, *required: str) -> list:
+  """The PNGs `report.md` links; each must exist next to it, non-empty.
+
+  `required`: file names the report must link.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  with open(report_path, encoding='utf-8') as f:
+    links = re.findall(r'\]\(([^)]+\.png)\)', f.read())
+  directory = os.path.dirname(report_path)
+  for name in links:
+    path = os.path.join(directory, name)
+    assert os.path.isfile(path) and os.path.getsize(path) > 1000, path
+  missing = set(required) - set(links)
+  assert not missing, f'{report_path} does not link {missing}'
+  return links

@@ -2,6 +2,7 @@
 against independent numpy, the method in a context, and the quick pipelines
 with resume."""
 
+import json
 import os
 
 import flax.linen as nn
@@ -15,11 +16,13 @@ from jard import cam_report
 from jard import losses
 from jard import methods
 from jard import pipeline
+from jard import reports
 from jard.losses import cam as cam_lib
 from jard.losses import spearman
 from jard.methods import smaraad
 from jard.models import resnet
 import numpy_reference
+from quick_configs import linked_pngs
 from quick_configs import quick_image_config
 
 B, C = 6, 10
@@ -403,11 +406,15 @@ def test_quick_runs_end_to_end_and_resumes(variant, npz_path, tmp_path):
       assert mngr.latest_step() == 4
       return mngr.restore(4, args=ocp.args.StandardRestore())['params']
   jax.tree.map(np.testing.assert_array_equal, params(full), params(split))
-  # The CAM command on the finished run: its teacher, a grid, the MSEs.
-  result = cam_report.report(full, num_examples=20)
-  assert result['num_examples'] == 20
+  # The eval stage drew the CAM grid (`cam_report.report`: the run's
+  # teacher, the MSEs on the evaluated examples) and the training curves,
+  # and report.md links both.
+  with open(os.path.join(full, 'eval', 'cam_mse.json')) as f:
+    result = json.load(f)
+  assert result['num_examples'] == 32
   assert 0 <= result['clean'] <= 1 and 0 <= result['adversarial'] <= 1
-  assert os.path.getsize(os.path.join(full, 'cam', cam_report.GRID)) > 1000
+  linked_pngs(os.path.join(full, 'eval', 'report.md'), cam_report.GRID,
+              reports.CURVES)
 
 
 def test_cam_compare_equals_the_direct_mean_alignment(tmp_path):
