@@ -30,8 +30,8 @@ setuptools.setup(
     ],
     extras_require={
         # The notebooks run in the suite (tests/notebooks_test.py).
-        'test': ['pytest>=8.0', 'nbclient>=0.10', 'nbformat>=5.10',
-                 'ipykernel>=6.29'],
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'nbclient>=0.10',
+                 'nbformat>=5.10', 'ipykernel>=6.29'],
         'torch': ['torch>=2.13.0'],
         'notebooks': ['jupyter>=1.0', 'nbclient>=0.10', 'nbformat>=5.10',
                       'ipykernel>=6.29'],
