@@ -4,10 +4,9 @@ them), and the committed files carry no outputs and no local paths."""
 import glob
 import os
 
+import nbclient  # the `test` extra: CI must run the notebooks, never skip
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip('nbformat')
-nbclient = pytest.importorskip('nbclient')
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'notebooks',
