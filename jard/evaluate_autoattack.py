@@ -221,8 +221,8 @@ class AutoAttack:
   # -- the evaluation ------------------------------------------------------
 
   def run(self, variables, ds: data_lib.ImageDataset,
-          num_examples: int = -1,
-          progress_path: Optional[str] = None) -> Result:
+          num_examples: int = -1, progress_path: Optional[str] = None,
+          progress_every_seconds: float = 60.0) -> Result:
     """AutoAttack on the test set (or a fixed subset, `eval_indices`).
 
     Args:
@@ -230,11 +230,15 @@ class AutoAttack:
       ds: the test set.
       num_examples: evaluate `eval_indices(len(ds), num_examples)`.
       progress_path: an `.npz` file, replaced atomically after the clean
-        pass and after every batch of every attack. A run given an existing
-        file resumes after its last finished batch; since each example's
-        randomness depends only on its row, the per-example results equal
-        those of a run never stopped. The file must come from the same
-        variables, rows and settings (checked before anything runs).
+        pass, after each attack, and after a batch when the last save is
+        `progress_every_seconds` old (it holds every adversarial image, so
+        on a fast device saving after each batch would cost more than the
+        batch). A run given an existing file resumes after its last saved
+        batch; since each example's randomness depends only on its row, the
+        per-example results equal those of a run never stopped. The file
+        must come from the same variables, rows and settings (checked
+        before anything runs).
+      progress_every_seconds: the least time between two batch saves.
     """
     if jax.process_count() > 1:
       raise NotImplementedError(
@@ -246,11 +250,19 @@ class AutoAttack:
     rows = data_lib.eval_indices(len(ds), num_examples)
     images, labels = ds.images, ds.labels
     names = list(self._attacks)
-    fingerprint = self._fingerprint(variables, rows)
-    state = None
-    if progress_path:
+    state, fingerprint = None, ''
+    if progress_path:  # Hashing the variables costs a pass over them.
+      fingerprint = self._fingerprint(variables, rows)
       state = _load_progress(progress_path, fingerprint, len(rows),
                              len(names), images.shape[1:])
+    last_save = time.perf_counter()
+
+    def save(force: bool) -> None:
+      nonlocal last_save
+      if progress_path and (
+          force or time.perf_counter() - last_save >= progress_every_seconds):
+        _save_progress(progress_path, state)
+        last_save = time.perf_counter()
     warnings = self._checks_before(variables, images[rows[:self.batch_size]],
                                    labels[rows[:self.batch_size]],
                                    ds.num_classes)
@@ -267,14 +279,12 @@ class AutoAttack:
         clean.append(out[real])
       clean = np.concatenate(clean)
       state = {'fingerprint': np.array(fingerprint), 'clean': clean,
-               'robust': clean.copy(),
                'x_adv': np.array(data_lib.to_float(images[rows]), np.float32),
                'broken_by': np.zeros((len(names), n), bool),
                'seconds': np.zeros(len(names) + 1),
                'stage': np.array(0), 'todo': rows[clean], 'done': np.array(0)}
       state['seconds'][0] = time.perf_counter() - start
-      if progress_path:
-        _save_progress(progress_path, state)
+      save(force=True)
     else:
       logging.info('AutoAttack: resuming %s at attack %d of %d (%d of its %d '
                    'points done).', progress_path, int(state['stage']) + 1,
@@ -293,25 +303,22 @@ class AutoAttack:
         broken = parallel.to_host(broken, self.mode)[real]
         where = position[batch['index'][real][broken]]
         state['x_adv'][where] = adv[broken]
-        state['robust'][where] = False
         state['broken_by'][a, where] = True
         state['done'] = np.array(int(state['done']) + int(real.sum()))
         state['seconds'][a + 1] += time.perf_counter() - start
-        if progress_path:
-          _save_progress(progress_path, state)
+        save(force=False)
+      robust = _robust(state)
       logging.info('robust accuracy after %s: %.2f%% (%.1f s, %d points '
-                   'attacked)', names[a].upper(),
-                   100 * state['robust'].mean(), state['seconds'][a + 1],
-                   len(todo))
+                   'attacked)', names[a].upper(), 100 * robust.mean(),
+                   state['seconds'][a + 1], len(todo))
       # The next attack's points are fixed when it starts, so a resumed
       # run re-batches exactly the same rows.
       state['stage'] = np.array(a + 1)
-      state['todo'] = rows[state['robust']]
+      state['todo'] = rows[robust]
       state['done'] = np.array(0)
-      if progress_path:
-        _save_progress(progress_path, state)
+      save(force=True)
 
-    clean, robust, x_adv = state['clean'], state['robust'], state['x_adv']
+    clean, robust, x_adv = state['clean'], _robust(state), state['x_adv']
     seconds = {'clean': float(state['seconds'][0])}
     accuracy = {'clean': float(np.mean(clean))}
     broken_by = {}
@@ -419,8 +426,13 @@ class AutoAttack:
 
 # -- the progress file --------------------------------------------------------
 
-_PROGRESS_KEYS = ('fingerprint', 'clean', 'robust', 'x_adv', 'broken_by',
-                  'seconds', 'stage', 'todo', 'done')
+_PROGRESS_KEYS = ('fingerprint', 'clean', 'x_adv', 'broken_by', 'seconds',
+                  'stage', 'todo', 'done')
+
+
+def _robust(state: dict) -> np.ndarray:
+  """Correct on the clean input and broken by no attack so far."""
+  return state['clean'] & ~state['broken_by'].any(axis=0)
 
 
 def _save_progress(path: str, state: dict) -> None:
@@ -446,7 +458,7 @@ def _load_progress(path: str, fingerprint: str, n: int, num_attacks: int,
   if str(state['fingerprint']) != fingerprint:
     raise ValueError(f'AutoAttack progress file {path} was written for other '
                      f'variables, test rows or settings; {fix}')
-  shapes = {'clean': (n,), 'robust': (n,), 'x_adv': (n, *image_shape),
+  shapes = {'clean': (n,), 'x_adv': (n, *image_shape),
             'broken_by': (num_attacks, n), 'seconds': (num_attacks + 1,),
             'stage': (), 'done': ()}
   bad = [k for k, shape in shapes.items() if state[k].shape != shape]

@@ -1,6 +1,7 @@
 """AutoAttack: the masked cascade, the sharded runner, checks and ordering."""
 
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -224,8 +225,18 @@ def test_a_stopped_run_resumes_from_its_progress_file(robust_model, tmp_path):
     return apgd_t(*args)
 
   runner._attacks['apgd-t'] = dies_in_its_second_batch  # pylint: disable=protected-access
+  # Batch saves are throttled: with a long interval the run dies before
+  # one, so the file holds the state at the start of APGD-T.
   with pytest.raises(_Killed):
-    runner.run(variables, ds, num_examples=96, progress_path=path)
+    runner.run(variables, ds, num_examples=96, progress_path=path,
+               progress_every_seconds=3600)
+  with np.load(path, allow_pickle=False) as saved:
+    assert (int(saved['stage']), int(saved['done'])) == (1, 0)
+  os.remove(path)
+  calls.clear()
+  with pytest.raises(_Killed):
+    runner.run(variables, ds, num_examples=96, progress_path=path,
+               progress_every_seconds=0)
   with np.load(path, allow_pickle=False) as saved:
     assert (int(saved['stage']), int(saved['done'])) == (1, 8)
   runner._attacks['apgd-t'] = apgd_t  # pylint: disable=protected-access
