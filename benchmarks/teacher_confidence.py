@@ -11,7 +11,6 @@ class and the entropy at τ = 1 and at ARD's τ = 30 (uniform: ln 10 = 2.303).
     python benchmarks/teacher_confidence.py --teacher_checkpoint=<run>
 """
 
-import json
 import os
 import sys
 
@@ -23,9 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jard import cam_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jard import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jard import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jard import teachers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('teacher_checkpoint', '', 'A jard run.')
@@ -44,34 +42,26 @@ def entropy(probs: np.ndarray) -> float:
 
 def main(argv):
   del argv
-  train_dir = teachers.resolve_train_dir(FLAGS.teacher_checkpoint)
-  with open(os.path.join(os.path.dirname(os.path.abspath(train_dir)),
-                         'config.json')) as f:
-    run = json.load(f)
   ds = data_lib.load('npz:' + FLAGS.data, role='train', num_classes=10,
                      image_size=32, field='--data')
-  model = models.create_model(run['model']['name'], ds.num_classes)
-  variables = teachers.load_variables(train_dir, model, (32, 32, 3),
-                                      which='last', field='--teacher')
+  model, variables, run = cam_report.load_run(FLAGS.teacher_checkpoint,
+                                              ds.images.shape[1:])
   logits_fn = jax.jit(lambda x: model.apply(variables, x, train=False).logits)
   logits = np.concatenate([
       np.asarray(logits_fn(data_lib.to_float(ds.images[i:i + 500])))
       for i in range(0, len(ds.labels), 500)])
   rows = np.arange(len(ds.labels))
-  lines = [f'# Teacher soft labels: `{run["model"]["name"]}` '
-           f'({run["method"]["name"]}) on {len(rows)} training images', '',
+  lines = [f'# Teacher soft labels: `{run.model.name}` '
+           f'({run.method.name}) on {len(rows)} training images', '',
            f'Accuracy {100 * np.mean(logits.argmax(-1) == ds.labels):.1f}%. '
            f'Uniform entropy ln 10 = {np.log(10):.4f}.', '',
            '| τ | mean max probability | mean probability of the label | '
            'entropy |', '|---|---|---|---|']
-  stats = {}
   for tau in map(float, FLAGS.temperatures):
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits) / tau))
-    stats[tau] = {'max': float(probs.max(-1).mean()),
-                  'label': float(probs[rows, ds.labels].mean()),
-                  'entropy': entropy(probs)}
-    lines.append(f'| {tau:g} | {stats[tau]["max"]:.4f} | '
-                 f'{stats[tau]["label"]:.4f} | {stats[tau]["entropy"]:.4f} |')
+    lines.append(f'| {tau:g} | {probs.max(-1).mean():.4f} | '
+                 f'{probs[rows, ds.labels].mean():.4f} | '
+                 f'{entropy(probs):.4f} |')
   with open(os.path.join(HERE, 'results', FLAGS.out + '.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))

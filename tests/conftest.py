@@ -13,8 +13,9 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 # Note: `jax_disable_most_optimizations` is *not* set. It makes compiles
 # faster but runs attack loops ~30x slower (PGD-20 on 32 CIFAR images: 126 s
 # instead of 4.5 s), which costs far more than it saves here.
-# No persistent compilation cache: it is not needed, and it made the
-# compiles of the whole suite slower to diagnose.
+# No persistent compilation cache: two xdist workers would write one cache
+# directory at the same time. (The segfault first blamed on it was the
+# memory-mapping limit below.)
 
 # `configs` is a top-level folder of the repository, imported by tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,6 +1,8 @@
 """The tiny image configs the pipeline tests run (`configs/<m>.py:quick`)."""
 
 import importlib
+import os
+import re
 
 
 def quick_image_config(module: str, variant: str, npz_path: str,
@@ -38,8 +40,6 @@ def linked_pngs(report_path: str, *required: str) -> list:
 
   `required`: file names the report must link.
   """
-  import os  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
   with open(report_path, encoding='utf-8') as f:
     links = re.findall(r'\]\(([^)]+\.png)\)', f.read())
   directory = os.path.dirname(report_path)
