@@ -176,6 +176,25 @@ def _images_per_second(label: str) -> float:
     return float('nan')
 
 
+def _cam_mse(label: str) -> tuple[dict, str]:
+  """The run's CAM MSE dict and the path of its CAM grid PNG.
+
+  SmaraAD runs' eval stage already measured it (`eval/cam_mse.json`, on
+  `--eval_examples` images): reused when the example counts agree, instead
+  of attacking the same images again.
+  """
+  eval_dir = os.path.join(_run_dir(label), 'eval')
+  try:
+    with open(os.path.join(eval_dir, 'cam_mse.json')) as f:
+      mse = json.load(f)
+    if mse.get('num_examples') == FLAGS.cam_examples:
+      return mse, os.path.join(eval_dir, cam_report.GRID)
+  except (OSError, ValueError):
+    pass
+  mse = cam_report.report(_run_dir(label), num_examples=FLAGS.cam_examples)
+  return mse, os.path.join(_run_dir(label), 'cam', cam_report.GRID)
+
+
 def main(argv):
   del argv
   config = make_config()
@@ -206,11 +225,10 @@ def main(argv):
       '| model | clean (%) | PGD-20 (%) | CW∞ (%) | CAM MSE clean | '
       'CAM MSE PGD-20 | training images/s |',
       '|---|---|---|---|---|---|---|']
-  cams = {}
+  cams, cam_grids = {}, {}
   for name in compared:
     if FLAGS.cam_examples and not name.startswith('teacher'):
-      cams[name] = cam_report.report(_run_dir(name),
-                                     num_examples=FLAGS.cam_examples)
+      cams[name], cam_grids[name] = _cam_mse(name)
   for name, res in compared.items():
     acc = res['accuracy']
     cam = cams.get(name)
@@ -225,13 +243,15 @@ def main(argv):
               f'over {FLAGS.cam_examples} test images, clean and PGD-20 '
               'against the student (`jard.cam_report`).']
     grid = [n for n in cams if n.startswith('smaraad ')] or list(cams)
-    src = os.path.join(_run_dir(grid[0]), 'cam', cam_report.GRID)
+    src = cam_grids[grid[0]]
     dst = os.path.join(HERE, 'results', f'{FLAGS.out}_cam_grid.png')
     shutil.copyfile(src, dst)
     lines += ['', f'![CAM grid of {grid[0]}]({os.path.basename(dst)})']
   ader_runs = [n for n in compared if n.startswith('ader ')]
-  if ader_runs:  # issue 7: one attention grid
-    src = attention_report.report(_run_dir(ader_runs[0]))
+  if ader_runs:  # issue 7: one attention grid (the eval stage drew it)
+    src = os.path.join(_run_dir(ader_runs[0]), 'eval', attention_report.GRID)
+    if not os.path.exists(src):
+      src = attention_report.report(_run_dir(ader_runs[0]))
     dst = os.path.join(HERE, 'results', f'{FLAGS.out}_attention_grid.png')
     shutil.copyfile(src, dst)
     lines += ['', f'![attention maps of {ader_runs[0]}]'
