@@ -15,6 +15,7 @@ Both give the same numbers. Batches cross from host memory with
 `shard_batch`, and per-example outputs come back with `to_host`.
 """
 
+import contextlib
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -119,3 +120,45 @@ def replicate(tree, devices: Devices = None):
   """Places a host pytree on every device (the layout steps return)."""
   sharding = NamedSharding(make_mesh(devices), P())
   return jax.device_put(tree, sharding)
+
+
+# JAX records this duration event once for every program it lowers to MLIR,
+# i.e. on every miss of a jitted function's in-memory cache, whether or not
+# the persistent compilation cache then spares the XLA compile.
+LOWERING_EVENT = '/jax/core/compile/jaxpr_to_mlir_module_duration'
+
+
+class CompileCounter:
+  """Counts the programs JAX lowers while a `with counter:` block runs.
+
+      counter = CompileCounter()
+      with counter:
+        state, metrics = step(state, batch, key)
+      assert counter.count == 0  # after warm-up: no recompilation
+
+  Every `with` block adds to `count`; `close()` detaches the listener. It
+  listens to `jax.monitoring`, so it sees every jit/pmap cache miss in this
+  process while active, eager `jnp` operations included.
+  """
+
+  def __init__(self):
+    self.count = 0
+    self._active = False
+    jax.monitoring.register_event_duration_secs_listener(self._listener)
+
+  def _listener(self, event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if self._active and event == LOWERING_EVENT:
+      self.count += 1
+
+  def __enter__(self):
+    self._active = True
+    return self
+
+  def __exit__(self, *exc):
+    self._active = False
+    return False
+
+  def close(self) -> None:
+    with contextlib.suppress(AssertionError, ValueError):
+      jax.monitoring.unregister_event_duration_listener(self._listener)

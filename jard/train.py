@@ -7,9 +7,10 @@ optimizer and the method-state update, and refuses a non-finite update (the
 state stays at the last finite step and the loop stops with a message).
 """
 
+import contextlib
 import functools
 import time
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from absl import logging
 from clu import parameter_overview
@@ -177,6 +178,45 @@ def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
   return step_fn
 
 
+class Run(NamedTuple):
+  """What `build` returns: everything a loop needs to take steps."""
+  state: TrainState  # on the host, unreplicated
+  step: Any  # compiled `(state, batch, key, teacher_variables)`
+  teacher_variables: PyTree  # replicated
+  step_key: jax.Array
+  lr_fn: Any
+
+
+def build(config, *, model, method: Method, example_shape, num_classes: int,
+          bounds, steps_per_epoch: int, total_steps: int,
+          teachers=None) -> Run:
+  """The optimizer, initial state and compiled SPMD step of a run.
+
+  `train` runs it over the data; `benchmarks/throughput.py` times it on
+  fixed batches. `example_shape` is one input's shape, `bounds` the data
+  range the attacks clip to.
+  """
+  tx, lr_fn = make_optimizer(config, steps_per_epoch=steps_per_epoch,
+                             total_steps=total_steps)
+  hp = {k: v for k, v in config.method.to_dict().items() if k != 'name'}
+  attack = AttackSpec(**config.attack.train.to_dict(), bounds=bounds)
+  init_key, step_key = jax.random.split(jax.random.key(config.seed))
+  state = create_train_state(model, tx, method, init_key, example_shape,
+                             hp=hp, num_classes=num_classes,
+                             teachers=teachers)
+  step_fn = make_train_step(
+      model=model, method=method, tx=tx, hp=hp, attack=attack,
+      steps_per_epoch=steps_per_epoch, num_classes=num_classes,
+      augment=config.dataset.augment, teachers=teachers)
+  # Donated: the loop never reuses the previous state.
+  jit_step = parallel.compile_spmd(
+      step_fn, mode=config.parallel, sharded_in=(False, True, False, False),
+      sharded_out=False, donate_argnums=(0,))
+  teacher_variables = parallel.replicate(
+      {name: t.variables for name, t in (teachers or {}).items()})
+  return Run(state, jit_step, teacher_variables, step_key, lr_fn)
+
+
 def _mean_metrics(history: list) -> dict:
   fetched = jax.device_get(history)
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -200,43 +240,30 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
   Returns:
     `(state, stats)` with the final state and throughput statistics
     (`train_seconds`, `train_images`, `images_per_sec`; compile, evaluation
-    and checkpoint time excluded).
+    and checkpoint time excluded) and `step_compiles_after_first`, the
+    programs the step lowered after its first call (0 unless something
+    made it recompile).
   """
   mode = config.parallel
   spe = data_lib.steps_per_epoch(len(train_ds), config.batch_size)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * spe)
-  tx, lr_fn = make_optimizer(config, steps_per_epoch=spe,
-                             total_steps=total_steps)
-  hp = {k: v for k, v in config.method.to_dict().items() if k != 'name'}
-  attack = AttackSpec(**config.attack.train.to_dict(), bounds=train_ds.bounds)
-  root_key = jax.random.key(config.seed)
-  init_key, step_key = jax.random.split(root_key)
-  state = create_train_state(model, tx, method, init_key,
-                             train_ds.images.shape[1:], hp=hp,
-                             num_classes=train_ds.num_classes,
-                             teachers=teachers)
+  run = build(config, model=model, method=method,
+              example_shape=train_ds.images.shape[1:],
+              num_classes=train_ds.num_classes, bounds=train_ds.bounds,
+              steps_per_epoch=spe, total_steps=total_steps, teachers=teachers)
+  lr_fn, step_key = run.lr_fn, run.step_key
   ckpt = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
                                 metric=config.select.metric or None)
   if jax.process_index() == 0:
-    parameter_overview.log_parameter_overview(state.params)
-  restored = ckpt.restore_latest(state)
-  state = parallel.replicate(restored if restored is not None else state)
+    parameter_overview.log_parameter_overview(run.state.params)
+  restored = ckpt.restore_latest(run.state)
+  state = parallel.replicate(restored if restored is not None else run.state)
   start_step = int(state.step)
   if start_step:
     logging.info('Resuming at step %d (epoch %d).', start_step,
                  start_step // spe)
-
-  step_fn = make_train_step(
-      model=model, method=method, tx=tx, hp=hp, attack=attack,
-      steps_per_epoch=spe, num_classes=train_ds.num_classes,
-      augment=config.dataset.augment, teachers=teachers)
-  # Donated: the loop never reuses the previous state.
-  jit_train_step = parallel.compile_spmd(
-      step_fn, mode=mode, sharded_in=(False, True, False, False),
-      sharded_out=False, donate_argnums=(0,))
-  teacher_variables = parallel.replicate(
-      {name: t.variables for name, t in (teachers or {}).items()})
+  jit_train_step, teacher_variables = run.step, run.teacher_variables
   selector = None
   if select_ds is not None and config.select.metric:
     selector = evaluate.make_evaluator(config, model, selection=True)
@@ -279,14 +306,17 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
     history, window_start, timed_steps = [], step, 0
 
   stats = {'train_seconds': 0.0, 'train_images': 0}
+  recompiles = parallel.CompileCounter()
   logging.info('Initial compilation, this might take some minutes...')
   # Whatever stops the loop (a non-finite loss, Ctrl-C), pending async saves
   # are completed, so the last good checkpoint is on disk.
   try:
     for step in range(start_step, total_steps):
       batch = parallel.shard_batch(next(batches), mode)
-      state, metrics = jit_train_step(state, batch, step_key,
-                                      teacher_variables)
+      # Only the first step of a (resumed) run may compile the step.
+      with (contextlib.nullcontext() if step == start_step else recompiles):
+        state, metrics = jit_train_step(state, batch, step_key,
+                                        teacher_variables)
       history.append(metrics)
       timed_steps += 1
       if step == start_step:
@@ -315,12 +345,19 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
       if done % config.log_every_steps == 0 or save_now:
         tic = time.perf_counter()
   finally:
+    recompiles.close()
     bar.close()
     ckpt.wait()
     ckpt.close()
     writer.flush()
   stats['images_per_sec'] = stats['train_images'] / max(
       stats['train_seconds'], 1e-9)
+  # A step that compiled again (a changed shape, dtype or weak type in the
+  # state or batch) costs a full compile each time; the tests require 0.
+  stats['step_compiles_after_first'] = recompiles.count
+  if recompiles.count:
+    logging.warning('The train step compiled %d more times after its first '
+                    'step.', recompiles.count)
   logging.info('Training throughput: %.1f images/s over %d images.',
                stats['images_per_sec'], stats['train_images'])
   return state, stats

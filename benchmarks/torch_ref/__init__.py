@@ -1,0 +1,1 @@
+"""PyTorch reference steps for `benchmarks/throughput.py` (torch extra only)."""

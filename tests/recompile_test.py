@@ -1,0 +1,79 @@
+"""No method's train step compiles again after its first step.
+
+Each registered method runs its own `configs/<m>.py:quick` recipe (tiny
+random-init teachers, 3 steps on 8 devices) through `train.train`, whose
+`step_compiles_after_first` counts the programs JAX lowers during steps 2
+and 3. A weak-typed or reshaped leaf in the state, a Python scalar that
+changes per step, or a method state whose structure changes would each make
+it non-zero.
+"""
+
+import importlib
+
+import jax
+import pytest
+import quick_configs
+
+from jard import methods
+from jard import parallel
+from jard import pipeline
+from jard import teachers as teacher_lib
+from jard import train
+from jard.methods import Teacher
+
+# method -> (config module, variant) whose recipe it trains with.
+CONFIGS = {'smaraad_pp': ('smaraad', 'plus:quick')}
+RADIO = ('atard',)
+
+
+def _config(method, npz_path):
+  module, variant = CONFIGS.get(method, (method, 'quick'))
+  if method in RADIO:
+    config = importlib.import_module(f'configs.{module}').get_config(variant)
+  else:
+    config = quick_configs.quick_image_config(module, variant, npz_path)
+  config.num_train_steps = 3
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 100
+  config.batch_size = 16
+  return config
+
+
+def _random_teachers(config, example_shape, num_classes):
+  out = {}
+  for i, name in enumerate(config.teachers):
+    model = teacher_lib.build_model(config.teachers[name], num_classes)
+    variables = jax.jit(model.init, static_argnames='train')(
+        jax.random.key(i), jax.numpy.zeros((1,) + example_shape), train=False)
+    out[name] = Teacher(model, variables)
+  return out
+
+
+@pytest.mark.parametrize('method', sorted(methods.METHODS))
+def test_no_recompile_after_the_first_step(method, npz_path, tmp_path):
+  config = _config(method, npz_path)
+  assert config.method.name == method
+  train_ds, _, _ = pipeline.load_datasets(config, str(tmp_path / 'data'))
+  example_shape = train_ds.images.shape[1:]
+  _, stats = train.train(
+      config, str(tmp_path / 'train'),
+      model=pipeline.build_model(config, train_ds.num_classes),
+      method=methods.get_method(method), train_ds=train_ds,
+      teachers=_random_teachers(config, example_shape,
+                                train_ds.num_classes))
+  assert jax.device_count() == 8
+  assert stats['step_compiles_after_first'] == 0
+
+
+def test_the_counter_sees_a_recompile():
+  """The check above could not pass vacuously: a new shape is counted."""
+  step = jax.jit(lambda x: x * 2)
+  counter = parallel.CompileCounter()
+  step(jax.numpy.ones(3))
+  with counter:
+    step(jax.numpy.ones(3))
+  assert counter.count == 0
+  with counter:
+    step(jax.numpy.ones(5))
+  counter.close()
+  assert counter.count >= 1
