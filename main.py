@@ -41,7 +41,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   if any(os.environ.get(k) for k in MULTIPROCESS_ENV):
-    jax.distributed.initialize()
+    # Only used by CPU devices (a CPU cluster, or the localhost test); GPU
+    # and TPU collectives are NCCL / ICI whatever this says.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # JAX reads the coordinator address from the environment but not the
+    # process count and id; on TPU slices and SLURM they are discovered.
+    env = lambda name: (int(os.environ[name]) if os.environ.get(name)
+                        else None)
+    jax.distributed.initialize(num_processes=env('JAX_NUM_PROCESSES'),
+                               process_id=env('JAX_PROCESS_ID'))
   # Imported after distributed init: jard queries devices at import time.
   from jard import data  # pylint: disable=g-import-not-at-top
   from jard import pipeline  # pylint: disable=g-import-not-at-top

@@ -43,6 +43,7 @@ from configs import rslad as rslad_config  # pylint: disable=g-import-not-at-top
 from jard import attention_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jard import cam_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jard import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jard import reports  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', '../shared/data/cifar10', 'npz directory.')
@@ -195,6 +196,19 @@ def _cam_mse(label: str) -> tuple[dict, str]:
   return mse, os.path.join(_run_dir(label), 'cam', cam_report.GRID)
 
 
+def _stability_row(label: str) -> str:
+  """Loss range, gradient norm and last push term of a run's training log."""
+  path = os.path.join(_run_dir(label), 'train', 'metrics.jsonl')
+  with open(path) as f:
+    rows = [json.loads(line) for line in f]
+  rows = [r for r in rows if 'train/loss' in r]
+  loss = [r['train/loss'] for r in rows]
+  push = [r[k] for r in rows[-1:] for k in r if k.endswith('push')]
+  return (f'| {label} | {loss[0]:.4f} | {min(loss):.4f} | {max(loss):.4f} | '
+          f'{loss[-1]:.4f} | {max(r["train/grad_norm"] for r in rows):.3f} | '
+          f'{push[0] if push else float("nan"):.4f} |')
+
+
 def main(argv):
   del argv
   config = make_config()
@@ -256,6 +270,20 @@ def main(argv):
     shutil.copyfile(src, dst)
     lines += ['', f'![attention maps of {ader_runs[0]}]'
               f'({os.path.basename(dst)})']
+  ciard_runs = [n for n in compared if n.startswith('ciard')]
+  if ciard_runs:  # issue 8: is the subtracted push stable?
+    lines += ['', 'Training stability of the CIARD runs (logged every 20 '
+              'steps; the loss includes the subtracted or bounded push):', '',
+              '| run | loss first | loss min | loss max | loss last | '
+              'max grad norm | kl_push last |', '|---|---|---|---|---|---|---|']
+    lines += [_stability_row(n) for n in ciard_runs]
+  if ciard_runs:  # issue 9: CIARD's picture, its training curves
+    src = os.path.join(_run_dir(ciard_runs[0]), 'eval', reports.CURVES)
+    if os.path.exists(src):
+      dst = os.path.join(HERE, 'results', f'{FLAGS.out}_ciard_curves.png')
+      shutil.copyfile(src, dst)
+      lines += ['', f'![training curves of {ciard_runs[0]}]'
+                f'({os.path.basename(dst)})']
   with open(os.path.join(HERE, 'results', FLAGS.out + '.json'), 'w') as f:
     json.dump({name: {'accuracy': res['accuracy'], 'cam': cams.get(name),
                       'images_per_sec': _images_per_second(name)}

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -52,6 +53,11 @@ class Checkpoints:
   def save(self, step: int, state: PyTree,
            metrics: Optional[dict] = None) -> None:
     """Saves `state` at `step`; also offers it to the best manager."""
+    if jax.process_count() > 1:
+      # `pmap` returns arrays on this process's devices only; as global
+      # (replicated) arrays Orbax writes each of them once.
+      state = jax.tree.map(
+          ocp.utils.fully_replicated_host_local_array_to_global_array, state)
     if self.latest.latest_step() != step:
       self.latest.save(step, args=ocp.args.StandardSave(state))
     if self.best is not None and metrics and self.metric in metrics:
@@ -114,7 +120,10 @@ def variables_restore_args(model, input_shape) -> ocp.args.PyTreeRestore:
       train=False))
   target = _abstract({'params': abstract['params'],
                       'batch_stats': abstract.get('batch_stats', {})})
+  # As host NumPy arrays: whatever device topology saved them (e.g. several
+  # processes), they load on this one.
   return ocp.args.PyTreeRestore(
       item=target,
-      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), target),
+      restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),
       partial_restore=True)

@@ -39,6 +39,7 @@ from typing import Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -106,6 +107,8 @@ class AutoAttack:
                attacks: Optional[tuple[str, ...]] = None,
                n_queries: int = 5000, n_iter: int = 100,
                stochastic_apply=None, devices=None):
+    if devices is None and jax.process_count() > 1:
+      devices = jax.local_devices()  # each process attacks its own rows
     self.version = version
     self.epsilon = float(epsilon)
     self.batch_size = batch_size
@@ -239,15 +242,47 @@ class AutoAttack:
         must come from the same variables, rows and settings (checked
         before anything runs).
       progress_every_seconds: the least time between two batch saves.
+
+    In a multi-process run every process attacks `rows[p::count]` on its
+    own devices, with its own progress file (`<stem>_process<p>.npz`), and
+    all processes return the merged result of all rows.
     """
-    if jax.process_count() > 1:
-      raise NotImplementedError(
-          'AutoAttack compacts the robust points on the host; multi-process '
-          'runs are not supported yet. Evaluate on one host.')
     if ds.is_signal:
       raise ValueError('AutoAttack is an image attack ([0, 1] inputs); the '
                        'radio protocol is `jard.evaluate_radio`.')
     rows = data_lib.eval_indices(len(ds), num_examples)
+    count, index = jax.process_count(), jax.process_index()
+    if count > 1 and progress_path:
+      progress_path = f'{os.path.splitext(progress_path)[0]}_process{index}.npz'
+    # Each process attacks every count-th row on its own devices: the
+    # results of a row do not depend on which batch or device it ran in.
+    state, warnings = self._run_rows(variables, ds, rows[index::count],
+                                     progress_path, progress_every_seconds)
+    if count > 1:
+      state = _gather_processes(state, len(rows), count)
+    images, labels, names = ds.images, ds.labels, list(self._attacks)
+    clean, robust, x_adv = state['clean'], _robust(state), state['x_adv']
+    seconds = {'clean': float(state['seconds'][0])}
+    accuracy = {'clean': float(np.mean(clean))}
+    broken_by = {}
+    still = clean.copy()
+    for a, name in enumerate(names):
+      broken_by[name] = state['broken_by'][a].copy()
+      still &= ~broken_by[name]
+      seconds[name] = float(state['seconds'][a + 1])
+      accuracy[name] = float(np.mean(still))
+    warnings.update(self._checks_after(variables, images[rows], labels[rows],
+                                       x_adv, robust, accuracy))
+    for check, message in warnings.items():
+      logging.warning('AutoAttack check %s: %s', check, message)
+    return Result(index=rows, clean=clean, robust=robust,
+                  broken_by=broken_by, x_adv=x_adv, accuracy=accuracy,
+                  seconds=seconds, warnings=warnings, version=self.version,
+                  epsilon=self.epsilon, settings=self.settings)
+
+  def _run_rows(self, variables, ds, rows, progress_path,
+                progress_every_seconds):
+    """The cascade on dataset `rows` of this process: `(state, warnings)`."""
     images, labels = ds.images, ds.labels
     names = list(self._attacks)
     state, fingerprint = None, ''
@@ -318,24 +353,7 @@ class AutoAttack:
       state['done'] = np.array(0)
       save(force=True)
 
-    clean, robust, x_adv = state['clean'], _robust(state), state['x_adv']
-    seconds = {'clean': float(state['seconds'][0])}
-    accuracy = {'clean': float(np.mean(clean))}
-    broken_by = {}
-    still = clean.copy()
-    for a, name in enumerate(names):
-      broken_by[name] = state['broken_by'][a].copy()
-      still &= ~broken_by[name]
-      seconds[name] = float(state['seconds'][a + 1])
-      accuracy[name] = float(np.mean(still))
-    warnings.update(self._checks_after(variables, images[rows], labels[rows],
-                                       x_adv, robust, accuracy))
-    for check, message in warnings.items():
-      logging.warning('AutoAttack check %s: %s', check, message)
-    return Result(index=rows, clean=clean, robust=robust,
-                  broken_by=broken_by, x_adv=x_adv, accuracy=accuracy,
-                  seconds=seconds, warnings=warnings, version=self.version,
-                  epsilon=self.epsilon, settings=self.settings)
+    return state, warnings
 
   def _fingerprint(self, variables, rows) -> str:
     """What a progress file must match: variables, rows and settings."""
@@ -428,6 +446,42 @@ class AutoAttack:
 
 _PROGRESS_KEYS = ('fingerprint', 'clean', 'x_adv', 'broken_by', 'seconds',
                   'stage', 'todo', 'done')
+
+
+def _gather_processes(state: dict, n: int, count: int) -> dict:
+  """Every process's rows (`rows[p::count]`) merged back into row order."""
+  size = -(-n // count)  # rows of process 0, the most any process has
+  stacked = multihost_utils.process_allgather(_padded_part(state, size))
+  return _merge_parts(stacked, n, count)
+
+
+def _padded_part(state: dict, size: int) -> dict:
+  """One process's per-example fields, padded to `size` rows."""
+  def pad(x, axis=0):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return np.pad(x, widths)
+  return {'clean': pad(state['clean']), 'x_adv': pad(state['x_adv']),
+          'broken_by': pad(state['broken_by'], axis=1),
+          'seconds': state['seconds']}
+
+
+def _merge_parts(stacked: dict, n: int, count: int) -> dict:
+  """`_padded_part`s stacked over processes -> the fields `run` reads.
+
+  `seconds` is the slowest process's: the wall-clock time of the run.
+  """
+  stacked = jax.tree.map(np.asarray, stacked)
+  merged = {'clean': np.zeros(n, bool),
+            'x_adv': np.zeros((n,) + stacked['x_adv'].shape[2:], np.float32),
+            'broken_by': np.zeros((stacked['broken_by'].shape[1], n), bool),
+            'seconds': np.max(stacked['seconds'], axis=0)}
+  for p in range(count):
+    mine = len(range(p, n, count))
+    merged['clean'][p::count] = stacked['clean'][p, :mine]
+    merged['x_adv'][p::count] = stacked['x_adv'][p, :mine]
+    merged['broken_by'][:, p::count] = stacked['broken_by'][p, :, :mine]
+  return merged
 
 
 def _robust(state: dict) -> np.ndarray:

@@ -205,6 +205,27 @@ def test_runner_matches_the_cascade_and_any_device_count(robust_model):
                                      'square'}
 
 
+def test_processes_attack_their_share_and_merge_to_one_result(robust_model):
+  """Two processes (run one after the other here; their all-gather stacked
+  by hand) give the per-example results of one process."""
+  model, variables, ds = robust_model
+  n, count = 45, 2  # uneven shares: 23 and 22 rows
+  runner = evaluate_autoattack.AutoAttack(model, batch_size=8, **FAST)
+  whole = runner.run(variables, ds, num_examples=n)
+  rows = whole.index
+  parts = [runner._run_rows(variables, ds, rows[p::count], None, 60)[0]  # pylint: disable=protected-access
+           for p in range(count)]
+  size = -(-n // count)
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *[
+      evaluate_autoattack._padded_part(part, size) for part in parts])  # pylint: disable=protected-access
+  merged = evaluate_autoattack._merge_parts(stacked, n, count)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(merged['clean'], whole.clean)
+  np.testing.assert_array_equal(
+      merged['broken_by'], np.stack(list(whole.broken_by.values())))
+  np.testing.assert_allclose(merged['x_adv'], whole.x_adv, atol=1e-6)
+  assert whole.robust.sum() < whole.clean.sum()  # the attacks broke some
+
+
 class _Killed(Exception):
   """Stands for the process dying in the middle of an attack."""
 
