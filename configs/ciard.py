@@ -63,7 +63,10 @@ def get_config(arg=None):
   if 'cifar100' in args:
     config.dataset.train = config.dataset.test = 'tfds:cifar100'
     config.dataset.num_classes = 100
-    config.teachers.robust = default.trades_teacher('wrn70_16')
+    # CIARD back-propagates through its robust teacher every step (the
+    # retraining): with remat a WRN-70-16 keeps only each block's input for
+    # the backward pass and recomputes the rest.
+    config.teachers.robust = default.trades_teacher('wrn70_16', remat=True)
     config.teachers.natural = default.natural_teacher('wrn22_6')
   if 'quick' in args:
     default.quick_distillation(config)

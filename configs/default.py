@@ -22,6 +22,12 @@ def get_config(arg=None):
   config.stages = 'teachers,train,eval'
   # 'pmap' (default) or 'shard_map': how the per-device step is mapped.
   config.parallel = 'pmap'
+  # The dtype of the training step's forward passes (student, teachers and
+  # the training attack): 'float32' or 'bfloat16' (mixed precision for
+  # GPU/TPU: float32 parameters, optimizer and BatchNorm statistics).
+  # Evaluation and its attacks always run in float32, and so does CIARD's
+  # retrained teacher.
+  config.compute_dtype = 'float32'
   config.progress_bar = True
 
   config.dataset = ml_collections.ConfigDict()

@@ -111,7 +111,8 @@ def example_keys(key: jax.Array, batch_size: int) -> jax.Array:
 
 def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
                     steps_per_epoch: int, num_classes: int,
-                    augment: bool = True, teachers=None):
+                    augment: bool = True, teachers=None,
+                    compute_dtype: Optional[str] = None):
   """Builds the per-device step.
 
   `(state, batch, base_key[, teacher_variables]) -> (state, metrics)`, where
@@ -121,7 +122,9 @@ def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
   (`teacher_variables`, name -> variables, replicated), not constants baked
   into the compiled program, so a 267M-parameter teacher costs no compile
   time and exists once in device memory. Without the argument the teachers'
-  own variables are used. Run it through `parallel.compile_spmd`.
+  own variables are used. `compute_dtype` (`config.compute_dtype`) is the
+  dtype of the student's and teachers' forward passes in the step
+  (`methods.base.apply_in`). Run it through `parallel.compile_spmd`.
   """
   hp = flax.core.FrozenDict(hp)
   teachers = dict(teachers or {})
@@ -129,7 +132,7 @@ def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
   def step_fn(state: TrainState, batch, base_key, teacher_variables=None):
     if teacher_variables is None:
       teacher_variables = {n: t.variables for n, t in teachers.items()}
-    frozen = {n: Teacher(t.model, teacher_variables[n])
+    frozen = {n: Teacher(t.model, teacher_variables[n], compute_dtype)
               for n, t in teachers.items()}
     # The base key is constant; folding in the step makes every step's
     # randomness a function of the step alone, so resuming reproduces it.
@@ -144,7 +147,8 @@ def make_train_step(*, model, method: Method, tx, hp, attack: AttackSpec,
                   epoch=state.step // steps_per_epoch,
                   state=state.method_state, teachers=frozen,
                   num_classes=num_classes, axis_name=parallel.AXIS,
-                  steps_per_epoch=steps_per_epoch)
+                  steps_per_epoch=steps_per_epoch,
+                  compute_dtype=compute_dtype)
     # Extras (radio: the per-example `snr`) pass through to the method.
     inputs = dict(batch, image=images)
 
@@ -207,7 +211,8 @@ def build(config, *, model, method: Method, example_shape, num_classes: int,
   step_fn = make_train_step(
       model=model, method=method, tx=tx, hp=hp, attack=attack,
       steps_per_epoch=steps_per_epoch, num_classes=num_classes,
-      augment=config.dataset.augment, teachers=teachers)
+      augment=config.dataset.augment, teachers=teachers,
+      compute_dtype=config.get('compute_dtype', 'float32'))
   # Donated: the loop never reuses the previous state.
   jit_step = parallel.compile_spmd(
       step_fn, mode=config.parallel, sharded_in=(False, True, False, False),

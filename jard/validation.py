@@ -274,6 +274,9 @@ def validate(config) -> None:
   _check(config.method.name in methods.METHODS,
          f'config.method.name={config.method.name!r} is not a registered '
          f'method; choose one of {sorted(methods.METHODS)}.')
+  _check(config.get('compute_dtype', 'float32') in methods.COMPUTE_DTYPES,
+         f'config.compute_dtype={config.get("compute_dtype")!r}; choose one of '
+         f'{methods.COMPUTE_DTYPES}.')
   train_attack = config.attack.train
   for field in ('eps', 'step_size'):
     value = train_attack[field]

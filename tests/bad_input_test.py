@@ -96,6 +96,12 @@ def test_unknown_model(config, tmp_path, compiles):
   assert str(sorted(models.MODELS)) in message
 
 
+def test_unknown_compute_dtype(config, tmp_path, compiles):
+  config.compute_dtype = 'float16'
+  message = _config_fails(config, tmp_path / 'w', compiles)
+  assert 'config.compute_dtype' in message and 'bfloat16' in message
+
+
 def test_unknown_method(config, tmp_path, compiles):
   config.method.name = 'nope'
   message = _config_fails(config, tmp_path / 'w', compiles)

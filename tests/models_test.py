@@ -235,3 +235,26 @@ def test_wrn_normalize_is_inside_forward():
 def test_wrn_rejects_bad_depth():
   with pytest.raises(ValueError, match='6n\\+4'):
     _param_count(wide_resnet.WideResNet(depth=33, width=10))
+
+
+def test_wrn_remat_recomputes_blocks_with_the_same_function():
+  plain = models.create_model('wrn34_10', 10, depth=10, width=1)
+  remat = models.create_model('wrn34_10', 10, depth=10, width=1, remat=True)
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  variables = plain.init(jax.random.key(1), x, train=False)
+  # The same variable tree: checkpoints and imports work either way.
+  assert jax.tree.structure(remat.init(jax.random.key(1), x, train=False)) == (
+      jax.tree.structure(variables))
+  input_grad = lambda m: jax.grad(
+      lambda z: m.apply(variables, z, train=False).logits.sum())
+  np.testing.assert_array_equal(input_grad(remat)(x), input_grad(plain)(x))
+  for model in (plain, remat):  # train mode (BatchNorm statistics) too
+    out, stats = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    if model is plain:
+      want = (out.logits, stats)
+    else:
+      np.testing.assert_array_equal(out.logits, want[0])
+      jax.tree.map(np.testing.assert_array_equal, stats, want[1])
+  jaxpr = str(jax.make_jaxpr(input_grad(remat))(x))
+  assert 'checkpoint' in jaxpr or 'remat' in jaxpr
+  assert 'checkpoint' not in str(jax.make_jaxpr(input_grad(plain))(x))

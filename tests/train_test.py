@@ -30,7 +30,7 @@ def _batches(num_steps):
           for _ in range(num_steps)]
 
 
-def _run(method_name, mode, num_devices, num_steps=3):
+def _run(method_name, mode, num_devices, num_steps=3, compute_dtype=None):
   """Three steps of `method_name` on the first `num_devices` devices."""
   devices = jax.devices()[:num_devices]
   model = _tiny_model()
@@ -43,7 +43,7 @@ def _run(method_name, mode, num_devices, num_steps=3):
                                        (16, 16, 3))
   step_fn = train_lib.make_train_step(
       model=model, method=method, tx=tx, hp={'beta': 6.0}, attack=attack,
-      steps_per_epoch=10, num_classes=10)
+      steps_per_epoch=10, num_classes=10, compute_dtype=compute_dtype)
   compiled = parallel.compile_spmd(step_fn, mode=mode,
                                    sharded_in=(False, True, False),
                                    sharded_out=False, devices=devices)
@@ -75,6 +75,33 @@ def test_one_and_eight_devices_pmap_and_shard_map_agree(method_name):
       lambda a, b: np.max(np.abs(a - b)), ref_state.params,
       init_state.params))
   assert max(moved) > 1e-3
+
+
+def test_bfloat16_compute_keeps_float32_state_and_close_losses():
+  """Mixed precision: bf16 convolutions in the step (the attack's too),
+  float32 parameters, optimizer and BatchNorm statistics, and losses near
+  the float32 run's."""
+  ref_losses, ref_state = _run('pgd_at', 'pmap', 1)
+  losses, state = _run('pgd_at', 'pmap', 1, compute_dtype='bfloat16')
+  for leaf in jax.tree.leaves((state.params, state.batch_stats,
+                               state.opt_state)):
+    assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+  np.testing.assert_allclose(losses, ref_losses, rtol=0.02)
+  assert not np.array_equal(losses, ref_losses)  # it did compute in bf16
+  # Every convolution of the step runs in bf16.
+  model, method = _tiny_model(), methods.get_method('pgd_at')
+  tx = optax.sgd(0.1)
+  step_fn = train_lib.make_train_step(
+      model=model, method=method, tx=tx, hp={}, steps_per_epoch=10,
+      num_classes=10, attack=methods.AttackSpec(steps=2),
+      compute_dtype='bfloat16')
+  mapped = jax.pmap(step_fn, axis_name=parallel.AXIS,
+                    in_axes=(None, 0, None), devices=jax.devices()[:1])
+  batch = parallel.shard_batch(_batches(1)[0], 'pmap', jax.devices()[:1])
+  hlo = mapped.lower(jax.device_get(ref_state), batch,
+                     jax.random.key(1)).as_text()
+  convs = [line for line in hlo.splitlines() if 'convolution' in line]
+  assert convs and all('bf16' in line for line in convs)
 
 
 def test_piecewise_schedule_is_epoch_wise_multistep():

@@ -7,6 +7,7 @@ from jard.methods import distillation
 from jard.methods import smaraad
 from jard.methods import standard
 from jard.methods.base import AttackSpec
+from jard.methods.base import COMPUTE_DTYPES
 from jard.methods.base import Context
 from jard.methods.base import Method
 from jard.methods.base import Teacher

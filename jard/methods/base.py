@@ -35,6 +35,30 @@ PyTree = Any
 
 
 BUDGETS = ('absolute', 'pnr')
+# `config.compute_dtype`: the dtype of the training forward passes.
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def _cast_floats(tree, dtype):
+  return jax.tree.map(
+      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+      else a, tree)
+
+
+def apply_in(model: nn.Module, variables, x, dtype: Optional[str], **kwargs):
+  """`model.apply` computed in `dtype`, results in float32.
+
+  With `dtype='bfloat16'` the parameters and the input are cast before the
+  call, so every convolution and matmul runs in bfloat16 (BatchNorm keeps
+  its statistics and reductions in float32), and floating outputs come back
+  as float32 for the losses. The float32 parameters stay the optimizer's;
+  gradients pass through the casts. `None` or `'float32'`: a plain apply.
+  """
+  if dtype in (None, 'float32'):
+    return model.apply(variables, x, **kwargs)
+  variables = dict(variables, params=_cast_floats(variables['params'], dtype))
+  return _cast_floats(model.apply(variables, x.astype(dtype), **kwargs),
+                      jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +111,16 @@ class AttackSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-  """A frozen teacher: model, variables (params and batch_stats)."""
+  """A frozen teacher: model, variables (params and batch_stats), and the
+  dtype its training-step forward passes compute in (`apply_in`)."""
   model: nn.Module
   variables: PyTree
+  compute_dtype: Optional[str] = None
 
   def __call__(self, x: jax.Array) -> Outputs:
     """Eval-mode forward with gradients stopped at the parameters."""
     variables = jax.lax.stop_gradient(self.variables)
-    return self.model.apply(variables, x, train=False)
+    return apply_in(self.model, variables, x, self.compute_dtype, train=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +139,8 @@ class Context:
     teachers: name -> `Teacher`.
     num_classes: K.
     axis_name: the mapped device axis.
+    compute_dtype: the dtype of the student's forward passes (`apply_in`),
+      attacks inside the step included; evaluation is always float32.
   """
   model: nn.Module
   batch_stats: PyTree
@@ -125,6 +153,7 @@ class Context:
   teachers: Mapping[str, Teacher] = dataclasses.field(default_factory=dict)
   num_classes: int = 10
   axis_name: Optional[str] = None
+  compute_dtype: Optional[str] = None
 
   def apply(self, params, x, *, train: bool,
             batch_stats: Optional[PyTree] = None):
@@ -137,9 +166,10 @@ class Context:
     batch_stats = self.batch_stats if batch_stats is None else batch_stats
     variables = {'params': params, 'batch_stats': batch_stats}
     if not train:
-      return self.model.apply(variables, x, train=False), batch_stats
-    outputs, updates = self.model.apply(variables, x, train=True,
-                                        mutable=['batch_stats'])
+      return apply_in(self.model, variables, x, self.compute_dtype,
+                      train=False), batch_stats
+    outputs, updates = apply_in(self.model, variables, x, self.compute_dtype,
+                                train=True, mutable=['batch_stats'])
     # Models without BatchNorm (the AMC transformers) return no collection.
     return outputs, updates.get('batch_stats', {})
 
