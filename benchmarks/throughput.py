@@ -138,19 +138,12 @@ def jard_train_row(method: str, arch: str) -> dict:
   from jard import pipeline  # pylint: disable=g-import-not-at-top
   from jard import teachers as teacher_lib  # pylint: disable=g-import-not-at-top
   from jard import train  # pylint: disable=g-import-not-at-top
-  from jard.methods import Teacher  # pylint: disable=g-import-not-at-top
   config = row_config(method, arch)
   radio = arch in RADIO_ARCHS
   num_classes = 11 if radio else 10
   batch = _batch(radio, FLAGS.batch_size)
   example_shape = batch['image'].shape[1:]
-  teachers = {}
-  for i, name in enumerate(config.teachers):
-    model = teacher_lib.build_model(config.teachers[name], num_classes)
-    variables = jax.jit(model.init, static_argnames='train')(
-        jax.random.key(i + 1), jax.numpy.zeros((1,) + example_shape),
-        train=False)
-    teachers[name] = Teacher(model, variables)
+  teachers = teacher_lib.random_teachers(config, example_shape, num_classes)
   run = train.build(config, model=pipeline.build_model(config, num_classes),
                     method=methods.get_method(method),
                     example_shape=example_shape, num_classes=num_classes,

@@ -21,11 +21,13 @@ gradients, and their parameters are not in the student's optimizer.
 """
 
 import copy
+import functools
 import os
 from typing import Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -191,6 +193,22 @@ def build_teachers(config, workdir: str, input_shape,
         teacher_train_dir(config, name, workdir), model, input_shape,
         which=spec.which, field=f'config.teachers.{name}.checkpoint',
         arch=spec.model.name)
+    teachers[name] = Teacher(model, variables)
+  return teachers
+
+
+def random_teachers(config, input_shape, num_classes: int,
+                    seed: int = 1) -> dict[str, Teacher]:
+  """Every configured teacher with freshly initialised weights.
+
+  For what needs a teacher's cost but not its knowledge: throughput
+  benchmarks and compile tests.
+  """
+  teachers = {}
+  for i, name in enumerate(config.teachers):
+    model = build_model(config.teachers[name], num_classes)
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(seed + i), jnp.zeros((1,) + tuple(input_shape)))
     teachers[name] = Teacher(model, variables)
   return teachers
 

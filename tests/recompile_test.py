@@ -19,7 +19,6 @@ from jard import parallel
 from jard import pipeline
 from jard import teachers as teacher_lib
 from jard import train
-from jard.methods import Teacher
 
 # method -> (config module, variant) whose recipe it trains with.
 CONFIGS = {'smaraad_pp': ('smaraad', 'plus:quick')}
@@ -39,16 +38,6 @@ def _config(method, npz_path):
   return config
 
 
-def _random_teachers(config, example_shape, num_classes):
-  out = {}
-  for i, name in enumerate(config.teachers):
-    model = teacher_lib.build_model(config.teachers[name], num_classes)
-    variables = jax.jit(model.init, static_argnames='train')(
-        jax.random.key(i), jax.numpy.zeros((1,) + example_shape), train=False)
-    out[name] = Teacher(model, variables)
-  return out
-
-
 @pytest.mark.parametrize('method', sorted(methods.METHODS))
 def test_no_recompile_after_the_first_step(method, npz_path, tmp_path):
   config = _config(method, npz_path)
@@ -59,8 +48,8 @@ def test_no_recompile_after_the_first_step(method, npz_path, tmp_path):
       config, str(tmp_path / 'train'),
       model=pipeline.build_model(config, train_ds.num_classes),
       method=methods.get_method(method), train_ds=train_ds,
-      teachers=_random_teachers(config, example_shape,
-                                train_ds.num_classes))
+      teachers=teacher_lib.random_teachers(config, example_shape,
+                                           train_ds.num_classes))
   assert jax.device_count() == 8
   assert stats['step_compiles_after_first'] == 0
 
