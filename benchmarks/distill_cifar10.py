@@ -35,6 +35,7 @@ from absl import app
 from absl import flags
 import jax
 import ml_collections
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,6 +67,10 @@ flags.DEFINE_string('natural_teacher', 'resnet20', 'Its architecture.')
 flags.DEFINE_integer('cam_examples', 1000, 'Test images of the teacher↔'
                      'student CAM MSE (0: skip).')
 flags.DEFINE_string('out', 'distill_cifar10', 'Result file stem.')
+flags.DEFINE_bool('report_only', False, 'Write the result files from the '
+                  "finished runs' results.json, without running the "
+                  'pipeline (e.g. after the code changed the runs\' config '
+                  'records).')
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EPS = 8 / 255
@@ -169,10 +174,17 @@ def _run_dir(label: str) -> str:
 
 
 def _images_per_second(label: str) -> float:
-  """Training throughput of a compared run, from its train_stats.json."""
+  """Training throughput of a compared run, from its train_stats.json, or
+  the mean of its logged windows when a rerun that took no step wrote it."""
+  train_dir = os.path.join(_run_dir(label), 'train')
   try:
-    with open(os.path.join(_run_dir(label), 'train', 'train_stats.json')) as f:
-      return json.load(f)['images_per_sec']
+    with open(os.path.join(train_dir, 'train_stats.json')) as f:
+      stats = json.load(f)
+    if stats['train_images']:
+      return stats['images_per_sec']
+    with open(os.path.join(train_dir, 'metrics.jsonl')) as f:
+      logged = [json.loads(line).get('train/images_per_sec') for line in f]
+    return float(np.mean([v for v in logged if v is not None]))
   except (OSError, KeyError, ValueError):
     return float('nan')
 
@@ -218,7 +230,8 @@ def main(argv):
                     os.path.join(os.path.abspath(FLAGS.workdir), 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   start = time.time()
-  pipeline.run(config, FLAGS.workdir)
+  if not FLAGS.report_only:
+    pipeline.run(config, FLAGS.workdir)
   wall = time.time() - start
   with open(os.path.join(FLAGS.workdir, 'results.json')) as f:
     compared = json.load(f)
@@ -226,7 +239,8 @@ def main(argv):
       '# Distillation baselines on the 10k CIFAR-10 subset', '',
       f'Machine: {platform.processor() or platform.machine()}, '
       f'{os.cpu_count()} CPU cores, devices {jax.devices()}, jax '
-      f'{jax.__version__}. Wall time {wall / 60:.1f} min.', '',
+      f'{jax.__version__}.' + (f' Wall time {wall / 60:.1f} min.'
+                               if not FLAGS.report_only else ''), '',
       (f'Teacher: {FLAGS.teacher}, the last checkpoint of '
        f'`{FLAGS.teacher_checkpoint}` (PGD-AT). ' if FLAGS.teacher_checkpoint
        else f'Teacher: {FLAGS.teacher}, PGD-AT {FLAGS.teacher_epochs} '

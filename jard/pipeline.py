@@ -234,8 +234,12 @@ def run(config, workdir: str, *, stop_at_step=None, datasets=None,
           select_ds=select_ds, teachers=teachers, stop_at_step=stop_at_step)
       if stop_at_step is not None:
         return {}
-      if jax.process_index() == 0:
-        with open(os.path.join(train_dir, 'train_stats.json'), 'w') as f:
+      stats_path = os.path.join(train_dir, 'train_stats.json')
+      # A run found finished (its config record changed) takes no step:
+      # keep the throughput of the run that trained.
+      if jax.process_index() == 0 and (stats['train_images']
+                                       or not os.path.exists(stats_path)):
+        with open(stats_path, 'w') as f:
           json.dump(stats, f, indent=2)
       _mark_complete(train_dir, train_record)
 

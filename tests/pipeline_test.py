@@ -133,6 +133,16 @@ def test_interrupted_run_resumes_to_identical_parameters(npz_path, tmp_path):
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)),
                                        step4['params'], full['params']))
   assert max(moved) > 0
+  # A rerun whose config record changed finds the training finished and
+  # takes no step; the throughput of the run that trained is kept.
+  stats_path = os.path.join(full_dir, 'train', 'train_stats.json')
+  with open(stats_path) as f:
+    trained = json.load(f)
+  assert trained['train_images'] == 4 * 32  # the first step is not timed
+  pipeline.run(_quick_config(npz_path, **overrides, log_every_steps=1),
+               full_dir)
+  with open(stats_path) as f:
+    assert json.load(f) == trained
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(npz_path,
