@@ -67,7 +67,9 @@ CONFIGS = {'smaraad_pp': ('smaraad', 'plus')}
 
 
 # ---------------------------------------------------------------------------
-# Rows (run inside the subprocess).
+# Rows (run inside the subprocess). They import jax, jard and torch
+# themselves, so that a PyTorch training row's peak memory holds no JAX (the
+# PGD-20 and AutoAttack rows import jard on both sides, to share weights).
 
 
 def _rss_mib() -> float:
