@@ -25,6 +25,7 @@ on CPU, and the device's peak bytes in use on a GPU.
         --out=throughput_methods_cpu                     # every method, jard
 """
 
+from concurrent import futures
 import json
 import os
 import platform
@@ -55,6 +56,9 @@ flags.DEFINE_string('aa_checkpoint', '', 'A jard resnet18 run for the '
                     'AutoAttack rows (default: random init weights).')
 flags.DEFINE_string('data_dir', '../shared/data/cifar10', 'npz directory.')
 flags.DEFINE_string('out', 'throughput_cpu', 'Result file stem.')
+flags.DEFINE_bool('pin_pairs', False, 'Run the jard and PyTorch rows of a '
+                  'pair at the same time, each on its own CPU core with one '
+                  'thread (jard on core 0, PyTorch on core 1).')
 flags.DEFINE_string('row', '', 'Internal: run one row and print its JSON.')
 FLAGS = flags.FLAGS
 
@@ -399,12 +403,20 @@ def _rows():
   return out
 
 
-def _run_subprocess(spec):
+def _run_subprocess(spec, core=None):
+  """Runs one row in a fresh process; `core`: pinned there, one thread."""
   args = [sys.executable, os.path.abspath(__file__), f'--row={spec}']
   for name in ('teacher', 'batch_size', 'repeats', 'aa_examples',
                'aa_checkpoint', 'data_dir'):
     args.append(f'--{name}={getattr(FLAGS, name)}')
-  proc = subprocess.run(args, capture_output=True, text=True, check=False)
+  env = dict(os.environ)
+  if core is not None:
+    args = ['taskset', '-c', str(core)] + args
+    env['OMP_NUM_THREADS'] = '1'  # PyTorch's intra-op pool
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_'
+                        'eigen=false intra_op_parallelism_threads=1').strip()
+  proc = subprocess.run(args, capture_output=True, text=True, check=False,
+                        env=env)
   for line in reversed(proc.stdout.splitlines()):
     if line.startswith('{'):
       return json.loads(line)
@@ -436,7 +448,10 @@ def write_table(results: dict, path_stem: str) -> str:
            f'Batch {FLAGS.batch_size}; the median of {FLAGS.repeats} calls '
            'after a warm-up call; teachers: '
            f'{FLAGS.teacher} (CNN students), amc_teacher (AMC). Peak memory: '
-           'the process peak RSS on CPU, device peak bytes on GPU.', '',
+           'the process peak RSS on CPU, device peak bytes on GPU.' + (
+               ' Each jard row ran at the same time as its PyTorch row, '
+               'jard pinned to core 0 and PyTorch to core 1, one thread each '
+               '(`--pin_pairs`).' if FLAGS.pin_pairs else ''), '',
            '| work | method | arch | jard img/s | PyTorch img/s | jard / '
            'PyTorch | jard compile s | jard peak MiB | PyTorch peak MiB | '
            'recompiles |', '|---|---|---|---|---|---|---|---|---|---|']
@@ -474,10 +489,23 @@ def main(argv):
     return
   stem = os.path.join(HERE, 'results', FLAGS.out)
   results = {}
-  for key in _rows():
-    print('row', ':'.join(key), flush=True)
-    results[key] = _run_subprocess(':'.join(key))
-    print('   ', results[key], flush=True)
+  rows = _rows()
+  if FLAGS.pin_pairs:  # jard's rows on core 0, their PyTorch pair on core 1
+    groups = {}
+    for key in rows:
+      groups.setdefault(key[1:], []).append(key)
+    rows = list(groups.values())
+  else:
+    rows = [[key] for key in rows]
+  for group in rows:
+    print('rows', [':'.join(k) for k in group], flush=True)
+    with futures.ThreadPoolExecutor(len(group)) as pool:
+      done = pool.map(
+          lambda kc: _run_subprocess(':'.join(kc[0]), kc[1]),
+          [(k, c if FLAGS.pin_pairs else None) for c, k in enumerate(group)])
+      for key, result in zip(group, done):
+        results[key] = result
+        print('   ', ':'.join(key), result, flush=True)
     write_table(results, stem)  # partial tables survive a stop
   print(write_table(results, stem))
 

@@ -356,12 +356,17 @@ class AutoAttack:
     return state, warnings
 
   def _fingerprint(self, variables, rows) -> str:
-    """What a progress file must match: variables, rows and settings."""
+    """What a progress file must match: variables, rows and settings.
+
+    Not the batch size (nor the devices): a row's result does not depend on
+    them, so a run may resume with smaller batches, which save more often.
+    """
     digest = hashlib.sha256(np.asarray(rows, np.int64).tobytes())
     for leaf in jax.tree.leaves(variables):
       digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    settings = {k: v for k, v in self.settings.items() if k != 'batch_size'}
     return json.dumps({'version': self.version, 'epsilon': self.epsilon,
-                       'settings': self.settings,
+                       'settings': settings,
                        'attacks': list(self._attacks),
                        'sha256': digest.hexdigest()}, sort_keys=True)
 

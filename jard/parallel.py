@@ -88,13 +88,21 @@ def compile_spmd(fn: Callable, *, mode: str, sharded_in: Sequence[bool],
 def shard_batch(batch: dict, mode: str, devices: Devices = None) -> dict:
   """Moves this process's slice of a global batch onto its devices."""
   if mode == 'pmap':
-    n = _local_count(devices)
+    local = [d for d in devices or jax.local_devices()
+             if d.process_index == jax.process_index()]
+    n = len(local)
+    # An explicit, sharded `device_put` (rather than numpy into pmap): the
+    # copy is the only host-to-device transfer a step makes, and the train
+    # loop forbids implicit ones (`train.STEP_TRANSFER_GUARD`).
+    stacked = NamedSharding(jax.sharding.Mesh(np.asarray(local), (AXIS,)),
+                            P(AXIS))
     def split(x):
       if x.shape[0] % n:
         raise ValueError(f'a batch of {x.shape[0]} rows per process does not '
                          f'split over {n} local devices; make config.'
                          'batch_size divisible by the device count.')
-      return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+      return jax.device_put(x.reshape((n, x.shape[0] // n) + x.shape[1:]),
+                            stacked)
     return jax.tree.map(split, batch)
   sharding = NamedSharding(make_mesh(devices), P(AXIS))
   return jax.tree.map(

@@ -36,6 +36,14 @@ from jard.methods import Teacher
 PyTree = Any
 
 
+# Between log points the loop makes one explicit transfer, the batch's
+# `device_put`. An implicit one (a stray `float()` or `np.asarray` of a device
+# value, a numpy or Python value passed into the step) would make the host
+# wait for the device, or copy, on every step, so it is an error. (On CPU the
+# devices share host memory, so JAX only guards host-to-device copies there.)
+STEP_TRANSFER_GUARD = 'disallow'
+
+
 class NonFiniteLossError(FloatingPointError):
   """Raised when a training step produced a non-finite loss or gradient."""
 
@@ -217,9 +225,11 @@ def build(config, *, model, method: Method, example_shape, num_classes: int,
   jit_step = parallel.compile_spmd(
       step_fn, mode=config.parallel, sharded_in=(False, True, False, False),
       sharded_out=False, donate_argnums=(0,))
+  # Placed on every device once, so no step copies them again.
   teacher_variables = parallel.replicate(
       {name: t.variables for name, t in (teachers or {}).items()})
-  return Run(state, jit_step, teacher_variables, step_key, lr_fn)
+  return Run(state, jit_step, teacher_variables, parallel.replicate(step_key),
+             lr_fn)
 
 
 def _mean_metrics(history: list) -> dict:
@@ -317,9 +327,14 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
   # are completed, so the last good checkpoint is on disk.
   try:
     for step in range(start_step, total_steps):
-      batch = parallel.shard_batch(next(batches), mode)
-      # Only the first step of a (resumed) run may compile the step.
-      with (contextlib.nullcontext() if step == start_step else recompiles):
+      # Only the first step of a (resumed) run may compile the step, and
+      # after it a step never reads a device value back (the metrics are
+      # fetched at log points only).
+      first = step == start_step
+      with (contextlib.nullcontext() if first else recompiles), (
+          contextlib.nullcontext() if first else
+          jax.transfer_guard(STEP_TRANSFER_GUARD)):
+        batch = parallel.shard_batch(next(batches), mode)
         state, metrics = jit_train_step(state, batch, step_key,
                                         teacher_variables)
       history.append(metrics)

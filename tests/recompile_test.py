@@ -1,16 +1,19 @@
-"""No method's train step compiles again after its first step.
+"""No method's train step compiles again or reads the device after step 1.
 
 Each registered method runs its own `configs/<m>.py:quick` recipe (tiny
 random-init teachers, 3 steps on 8 devices) through `train.train`, whose
 `step_compiles_after_first` counts the programs JAX lowers during steps 2
 and 3. A weak-typed or reshaped leaf in the state, a Python scalar that
 changes per step, or a method state whose structure changes would each make
-it non-zero.
+it non-zero. The same runs check that steps 2 and 3 make no implicit
+transfer (`train.STEP_TRANSFER_GUARD`): the batch's explicit `device_put` is
+the only copy between host and devices inside the loop.
 """
 
 import importlib
 
 import jax
+import numpy as np
 import pytest
 import quick_configs
 
@@ -40,6 +43,7 @@ def _config(method, npz_path):
 
 @pytest.mark.parametrize('method', sorted(methods.METHODS))
 def test_no_recompile_after_the_first_step(method, npz_path, tmp_path):
+  assert train.STEP_TRANSFER_GUARD == 'disallow'
   config = _config(method, npz_path)
   assert config.method.name == method
   train_ds, _, _ = pipeline.load_datasets(config, str(tmp_path / 'data'))
@@ -52,6 +56,25 @@ def test_no_recompile_after_the_first_step(method, npz_path, tmp_path):
                                            train_ds.num_classes))
   assert jax.device_count() == 8
   assert stats['step_compiles_after_first'] == 0
+
+
+def test_an_implicit_copy_inside_the_loop_is_refused(npz_path, tmp_path,
+                                                  monkeypatch):
+  """The guard could not pass vacuously: an implicit copy in step 2 fails."""
+  shard_batch = parallel.shard_batch
+
+  def copying_shard_batch(batch, *args, **kwargs):
+    # What passing a per-step numpy value into the step would do.
+    jax.numpy.asarray(np.float32(0.1))
+    return shard_batch(batch, *args, **kwargs)
+
+  monkeypatch.setattr(parallel, 'shard_batch', copying_shard_batch)
+  config = _config('natural', npz_path)
+  train_ds, _, _ = pipeline.load_datasets(config, str(tmp_path / 'data'))
+  with pytest.raises(Exception, match='Disallowed host-to-device'):
+    train.train(config, str(tmp_path / 'train'),
+                model=pipeline.build_model(config, train_ds.num_classes),
+                method=methods.get_method('natural'), train_ds=train_ds)
 
 
 def test_the_counter_sees_a_recompile():
