@@ -20,6 +20,7 @@ from jard.methods import ader
 from jard.models import Outputs
 from jard.models import resnet
 import numpy_reference
+from quick_configs import assert_steps_compiled_once
 from quick_configs import linked_pngs
 from quick_configs import quick_image_config
 
@@ -307,6 +308,7 @@ def test_quick_runs_end_to_end_and_draws_the_attention_grid(npz_path,
   assert results['last']['step'] == 4
   for name in ('natural', 'robust'):
     assert os.path.isdir(os.path.join(workdir, 'teachers', name, 'train'))
+  assert_steps_compiled_once(workdir, min_runs=3)  # and the two teachers'
   # The eval stage drew the attention grid (`attention_report.report`) and
   # the training curves; report.md links both.
   linked_pngs(os.path.join(workdir, 'eval', 'report.md'),

@@ -22,6 +22,7 @@ from jard.methods import Context
 from jard.methods import Teacher
 from jard.methods import atard
 
+from quick_configs import assert_steps_compiled_once
 from quick_configs import linked_pngs
 
 
@@ -274,6 +275,7 @@ def test_atard_quick_pipeline_end_to_end(tmp_path):
   assert results['last']['radio']['num_examples'] == 64
   for stage in ('teachers/robust/train', 'train', 'baselines/at/train'):
     assert os.path.exists(os.path.join(workdir, stage, 'COMPLETE')), stage
+  assert_steps_compiled_once(workdir, min_runs=3)
   with open(os.path.join(workdir, 'results.json')) as f:
     compared = json.load(f)
   assert len(compared) == 3

@@ -16,6 +16,7 @@ from jard import schedules
 from jard.methods import ciard
 from jard.models import resnet
 import numpy_reference
+from quick_configs import assert_steps_compiled_once
 from quick_configs import quick_image_config
 
 B, C = 8, 10
@@ -271,6 +272,7 @@ def test_quick_runs_and_resumes_teacher_state_exactly(npz_path, tmp_path):
   assert results['last']['step'] == 4
   assert 'transfer_pgd20_trades' in results['last']['accuracy']
   assert 'square100' in results['last']['accuracy']
+  assert_steps_compiled_once(full, min_runs=3)
   config = quick_image_config('ciard', 'quick', npz_path,
                               stages='teachers,train')
   pipeline.run(config, split, stop_at_step=2)

@@ -3,6 +3,7 @@
 import gc
 import os
 import sys
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
@@ -13,9 +14,14 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 # Note: `jax_disable_most_optimizations` is *not* set. It makes compiles
 # faster but runs attack loops ~30x slower (PGD-20 on 32 CIFAR images: 126 s
 # instead of 4.5 s), which costs far more than it saves here.
-# No persistent compilation cache: two xdist workers would write one cache
-# directory at the same time. (The segfault first blamed on it was the
-# memory-mapping limit below.)
+# A persistent compilation cache, fresh for each run and private to each
+# xdist worker (two workers never write one directory): the same programs
+# (the :quick teachers' recipes, evaluation attacks) recur across test
+# modules, and `jax.clear_caches()` after each module (below) would otherwise
+# compile them again. Compile time dominates this suite.
+jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp(
+    prefix=f'jard_test_cache_{os.environ.get("PYTEST_XDIST_WORKER", "main")}_'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 # `configs` is a top-level folder of the repository, imported by tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -13,6 +13,7 @@ from jard import methods
 from jard import pipeline
 from jard.methods import distillation as dist
 from jard.models import resnet
+from quick_configs import assert_steps_compiled_once
 from quick_configs import quick_image_config
 
 B, C = 6, 10
@@ -232,6 +233,7 @@ def test_quick_config_runs_teacher_student_eval(name, npz_path, tmp_path):
   assert results['last']['step'] == 4
   assert os.path.isdir(tmp_path / name / 'teachers' / 'robust' / 'train')
   assert 0 <= results['last']['accuracy']['pgd20_sat'] <= 1
+  assert_steps_compiled_once(str(tmp_path / name), min_runs=2)
 
 
 def test_mtard_two_teachers_and_state_restored_on_resume(npz_path, tmp_path):
@@ -262,6 +264,8 @@ def test_mtard_two_teachers_and_state_restored_on_resume(npz_path, tmp_path):
                resumed['params'])
   for teacher in ('robust', 'natural'):
     assert os.path.isdir(tmp_path / 'full' / 'teachers' / teacher / 'train')
+  assert_steps_compiled_once(full_dir, min_runs=3)
+  assert_steps_compiled_once(split_dir, min_runs=3)
 
 
 def test_teacher_variables_are_bit_identical_after_training_steps(
@@ -311,6 +315,7 @@ def test_distillation_baselines_share_the_teacher_and_compare(npz_path,
   with open(os.path.join(workdir, 'results.json')) as f:
     compared = json.load(f)
   assert len(compared) == 3  # two baselines and the student
+  assert_steps_compiled_once(workdir, min_runs=4)
   with open(os.path.join(workdir, 'report.md')) as f:
     report = f.read()
   assert 'ard (ard/resnet8)' in report and 'at (pgd_at/resnet8)' in report

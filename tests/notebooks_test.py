@@ -4,6 +4,7 @@ them), and the committed files carry no outputs and no local paths."""
 import glob
 import os
 
+import jax
 import nbclient  # the `test` extra: CI must run the notebooks, never skip
 import nbformat
 import pytest
@@ -40,6 +41,12 @@ def test_runs_top_to_bottom_in_small_settings(path, tmp_path, monkeypatch):
   monkeypatch.setenv('JARD_WORKDIR', str(tmp_path / 'work'))
   # One CPU device, as in Colab (the tests force 8).
   monkeypatch.setenv('XLA_FLAGS', '')
+  # The kernel shares this worker's compilation cache (conftest): the
+  # notebooks run the same small programs (e.g. the :quick teachers).
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR',
+                     jax.config.jax_compilation_cache_dir)
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', str(
+      jax.config.jax_persistent_cache_min_compile_time_secs))
   notebook = nbformat.read(path, as_version=4)
   client = nbclient.NotebookClient(
       notebook, timeout=600, kernel_name='python3',

@@ -15,6 +15,7 @@ from jard import pipeline
 from jard import train as train_lib
 from jard.methods import standard
 from quick_configs import apply_overrides
+from quick_configs import assert_steps_compiled_once
 from quick_configs import linked_pngs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +52,7 @@ def test_main_runs_quick_config_under_mock_tfds(tmp_path, monkeypatch):
   with open(os.path.join(workdir, 'config.json')) as f:
     saved = json.load(f)
   assert saved['method']['name'] == 'pgd_at'
+  assert_steps_compiled_once(workdir)
   assert saved['eval']['num_examples'] == 48
   with open(os.path.join(workdir, 'eval', 'results.json')) as f:
     results = json.load(f)

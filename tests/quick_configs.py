@@ -49,3 +49,25 @@ def linked_pngs(report_path: str, *required: str) -> list:
   missing = set(required) - set(links)
   assert not missing, f'{report_path} does not link {missing}'
   return links
+
+
+def assert_steps_compiled_once(workdir: str, min_runs: int = 1) -> list:
+  """Every train stage under `workdir` compiled its step exactly once.
+
+  Each `train/train_stats.json` of the run (its teachers, student and
+  baselines) must record `step_compiles_after_first == 0` after at least one
+  timed step beyond the first (which compiles). The runs went through the
+  train loop's transfer guard too (`train.STEP_TRANSFER_GUARD`), so no step
+  after the first made an implicit transfer. Returns the stats files.
+  """
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  paths = sorted(glob.glob(os.path.join(workdir, '**', 'train_stats.json'),
+                           recursive=True))
+  assert len(paths) >= min_runs, paths
+  for path in paths:
+    with open(path) as f:
+      stats = json.load(f)
+    assert stats['train_images'] > 0, f'{path}: no step after the first'
+    assert stats['step_compiles_after_first'] == 0, path
+  return paths

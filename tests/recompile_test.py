@@ -1,7 +1,8 @@
-"""No method's train step compiles again or reads the device after step 1.
+"""No method's train step compiles again or copies implicitly after step 1.
 
-Each registered method runs its own `configs/<m>.py:quick` recipe (tiny
-random-init teachers, 3 steps on 8 devices) through `train.train`, whose
+Each method runs its own `configs/<m>.py:quick` recipe (tiny random-init
+teachers, 3 steps on 8 devices) through `train.train`, here or, for the
+methods in `ELSEWHERE`, in its end-to-end pipeline test; the loop's
 `step_compiles_after_first` counts the programs JAX lowers during steps 2
 and 3. A weak-typed or reshaped leaf in the state, a Python scalar that
 changes per step, or a method state whose structure changes would each make
@@ -41,7 +42,33 @@ def _config(method, npz_path):
   return config
 
 
-@pytest.mark.parametrize('method', sorted(methods.METHODS))
+# Methods whose end-to-end test checks the same on its whole pipeline run
+# (teachers, student, baselines: `quick_configs.assert_steps_compiled_once`),
+# so this file does not compile them a second time.
+ELSEWHERE = {
+    'adaad': 'distillation_test::test_quick_config_runs_teacher_student_eval',
+    'ader': 'ader_test::test_quick_runs_end_to_end_and_draws_the_attention_grid',
+    'ard': 'distillation_test::test_quick_config_runs_teacher_student_eval',
+    'atard': 'atard_test::test_atard_quick_pipeline_end_to_end',
+    'ciard': 'ciard_test::test_quick_runs_and_resumes_teacher_state_exactly',
+    'iad': 'distillation_test::test_quick_config_runs_teacher_student_eval',
+    'mtard': 'distillation_test::test_mtard_two_teachers_and_state_restored_'
+             'on_resume',
+    'pgd_at': 'pipeline_test::test_main_runs_quick_config_under_mock_tfds',
+    'rslad': 'distillation_test::test_quick_config_runs_teacher_student_eval',
+    'smaraad': 'smaraad_test::test_quick_runs_end_to_end_and_resumes',
+    'smaraad_pp': 'smaraad_test::test_quick_runs_end_to_end_and_resumes',
+}
+
+
+def test_every_method_is_checked_somewhere():
+  assert set(ELSEWHERE) < set(methods.METHODS)
+  here = set(methods.METHODS) - set(ELSEWHERE)
+  assert here == {'mart', 'natural', 'trades'}, here
+
+
+@pytest.mark.parametrize('method',
+                         sorted(set(methods.METHODS) - set(ELSEWHERE)))
 def test_no_recompile_after_the_first_step(method, npz_path, tmp_path):
   assert train.STEP_TRANSFER_GUARD == 'disallow'
   config = _config(method, npz_path)

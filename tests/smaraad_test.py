@@ -22,6 +22,7 @@ from jard.losses import spearman
 from jard.methods import smaraad
 from jard.models import resnet
 import numpy_reference
+from quick_configs import assert_steps_compiled_once
 from quick_configs import linked_pngs
 from quick_configs import quick_image_config
 
@@ -396,6 +397,7 @@ def test_quick_runs_end_to_end_and_resumes(variant, npz_path, tmp_path):
   assert results['last']['step'] == 4
   assert 0 <= results['last']['accuracy']['pgd20_sat'] <= 1
   assert os.path.isdir(os.path.join(full, 'teachers', 'robust', 'train'))
+  assert_steps_compiled_once(full, min_runs=2)
   # The split run distils from the full run's teacher (a checkpoint, as a
   # user would give it), so only the student's training is repeated.
   teacher = {'teachers.robust.checkpoint': os.path.join(full, 'teachers',
