@@ -225,11 +225,15 @@ def build(config, *, model, method: Method, example_shape, num_classes: int,
   jit_step = parallel.compile_spmd(
       step_fn, mode=config.parallel, sharded_in=(False, True, False, False),
       sharded_out=False, donate_argnums=(0,))
-  # Placed on every device once, so no step copies them again.
+  # Placed on every device once, so no step copies them again. (With several
+  # processes the step still broadcasts the key, 8 bytes, each step: a
+  # replicated global key is not what a multi-process pmap takes, so the
+  # loop's transfer guard is single-process only.)
   teacher_variables = parallel.replicate(
       {name: t.variables for name, t in (teachers or {}).items()})
-  return Run(state, jit_step, teacher_variables, parallel.replicate(step_key),
-             lr_fn)
+  if jax.process_count() == 1:
+    step_key = parallel.replicate(step_key)
+  return Run(state, jit_step, teacher_variables, step_key, lr_fn)
 
 
 def _mean_metrics(history: list) -> dict:
@@ -332,7 +336,7 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
       # fetched at log points only).
       first = step == start_step
       with (contextlib.nullcontext() if first else recompiles), (
-          contextlib.nullcontext() if first else
+          contextlib.nullcontext() if first or jax.process_count() > 1 else
           jax.transfer_guard(STEP_TRANSFER_GUARD)):
         batch = parallel.shard_batch(next(batches), mode)
         state, metrics = jit_train_step(state, batch, step_key,
