@@ -36,12 +36,6 @@ def make_mesh(devices: Devices = None) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.asarray(devices or jax.devices()), (AXIS,))
 
 
-def _local_count(devices: Devices) -> int:
-  if devices is None:
-    return jax.local_device_count()
-  return sum(d.process_index == jax.process_index() for d in devices)
-
-
 def check_mode(mode: str) -> None:
   if mode not in MODES:
     raise ValueError(f'config.parallel={mode!r}; choose one of {MODES}.')
