@@ -88,8 +88,7 @@ def shard_batch(batch: dict, mode: str, devices: Devices = None) -> dict:
     # An explicit, sharded `device_put` (rather than numpy into pmap): the
     # copy is the only host-to-device transfer a step makes, and the train
     # loop forbids implicit ones (`train.STEP_TRANSFER_GUARD`).
-    stacked = NamedSharding(jax.sharding.Mesh(np.asarray(local), (AXIS,)),
-                            P(AXIS))
+    stacked = NamedSharding(make_mesh(local), P(AXIS))
     def split(x):
       if x.shape[0] % n:
         raise ValueError(f'a batch of {x.shape[0]} rows per process does not '

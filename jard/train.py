@@ -331,13 +331,13 @@ def train(config, workdir: str, *, model, method: Method, train_ds,
   # are completed, so the last good checkpoint is on disk.
   try:
     for step in range(start_step, total_steps):
-      # Only the first step of a (resumed) run may compile the step, and
-      # after it a step never reads a device value back (the metrics are
-      # fetched at log points only).
+      # Only the first step of a (resumed) run may compile the step or make
+      # an implicit transfer (metrics are fetched at log points only).
       first = step == start_step
+      guarded = not first and jax.process_count() == 1  # see `build`
       with (contextlib.nullcontext() if first else recompiles), (
-          contextlib.nullcontext() if first or jax.process_count() > 1 else
-          jax.transfer_guard(STEP_TRANSFER_GUARD)):
+          jax.transfer_guard(STEP_TRANSFER_GUARD) if guarded
+          else contextlib.nullcontext()):
         batch = parallel.shard_batch(next(batches), mode)
         state, metrics = jit_train_step(state, batch, step_key,
                                         teacher_variables)
