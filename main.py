@@ -52,8 +52,10 @@ def main(argv):
                                process_id=env('JAX_PROCESS_ID'))
   # Imported after distributed init: jard queries devices at import time.
   from jard import data  # pylint: disable=g-import-not-at-top
+  from jard import parallel  # pylint: disable=g-import-not-at-top
   from jard import pipeline  # pylint: disable=g-import-not-at-top
   from jard import validation  # pylint: disable=g-import-not-at-top
+  parallel.connect_processes()
   workdir = FLAGS.workdir or default_workdir(FLAGS['config'].config_filename)
   logging.info('process %d of %d; devices %s', jax.process_index(),
                jax.process_count(), jax.devices())

@@ -123,6 +123,35 @@ def replicate(tree, devices: Devices = None):
   return jax.device_put(tree, sharding)
 
 
+def connect_processes(timeout_s: int = 600) -> None:
+  """Opens the cross-process collectives while every process is present.
+
+  XLA:CPU's gloo collectives connect the processes at the first collective
+  a program runs, and give up after a fixed 30 s if a peer has not arrived
+  (jaxlib 0.10; `--xla_cpu_collective_timeout_seconds` does not change it):
+  the run then aborts. Processes that compile their first train step at
+  different speeds, as on a loaded machine, arrive further apart than that.
+  So every process first waits at a barrier of the coordination service
+  (up to `timeout_s`), then all run one tiny psum over all devices; the
+  connections it opens are reused, and later collectives wait for late
+  peers. The psum also checks that every process sees every device. A no-op
+  in a single process; harmless on GPU and TPU.
+  """
+  if jax.process_count() == 1:
+    return
+  # The coordination-service client, as Orbax's multi-host barriers use it;
+  # `multihost_utils.sync_global_devices` is itself a collective.
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier('jard_connect_processes',
+                                                  timeout_s * 1000)
+  ones = np.ones(jax.local_device_count(), np.int32)
+  total = jax.pmap(lambda x: jax.lax.psum(x, AXIS), AXIS)(ones)
+  seen = int(np.asarray(total.addressable_data(0)).item())
+  if seen != jax.device_count():
+    raise RuntimeError(f'a psum over all devices counted {seen} devices, '
+                       f'expected {jax.device_count()}.')
+
+
 # JAX records this duration event once for every program it lowers to MLIR,
 # i.e. on every miss of a jitted function's in-memory cache, whether or not
 # the persistent compilation cache then spares the XLA compile.

@@ -6,9 +6,12 @@ process with 4 CPU devices: the same global batch, split by process then by
 device, must give the same parameters after three training steps (the
 gradients and BatchNorm statistics all-reduced over both processes),
 written to one checkpoint directory that a single process then reads.
+A process that reaches its first collective long after the other (a slow
+compile on a loaded machine) must be waited for, not abort the run.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,6 +49,14 @@ def _main(workdir, npz_path, devices, **env):
       text=True)
 
 
+def _excerpt(out: str) -> str:
+  """The error lines of a failed process (glog E/F lines, exceptions), then
+  its last lines: an abort's thread dump would otherwise hide the cause."""
+  errors = [line for line in out.splitlines()
+            if re.match(r'[EF]\d{4} ', line) or 'Error' in line]
+  return '\n'.join(errors[:30]) + '\n...\n' + out[-1500:]
+
+
 def _finish(procs):
   outputs = []
   try:
@@ -55,7 +66,7 @@ def _finish(procs):
     for proc in procs:
       proc.kill()
   for proc, out in zip(procs, outputs):
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, _excerpt(out)
   return outputs
 
 
@@ -83,3 +94,33 @@ def test_two_processes_give_the_parameters_of_one(npz_path, tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-6),
                two_params, one_params)
+
+
+LATE_PEER = """
+import sys, time
+import jax
+import numpy as np
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from jard import parallel
+parallel.connect_processes()
+if jax.process_index() == 1:
+  time.sleep(40)  # e.g. a much slower compile of the first train step
+mean = jax.pmap(lambda x: jax.lax.pmean(x, 'i'), 'i')(
+    np.full(jax.local_device_count(), jax.process_index(), np.float32))
+print('mean', np.asarray(mean.addressable_data(0)).item())
+"""
+
+
+def test_a_late_process_is_waited_for_at_its_first_collective():
+  """Without `connect_processes`, gloo's fixed 30 s connect timeout aborts
+  both processes here (jaxlib 0.10)."""
+  address = f'127.0.0.1:{_free_port()}'
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  procs = [subprocess.Popen([sys.executable, '-c', LATE_PEER, address, str(i)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  for out in _finish(procs):
+    assert 'mean 0.5' in out, _excerpt(out)
