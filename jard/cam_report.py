@@ -72,7 +72,8 @@ def compare(student, teacher, images: np.ndarray, labels: np.ndarray, *,
     student, teacher: `(model, variables)` pairs of registry CNNs.
     images: `[N, H, W, C]` uint8 or float in [0, 1].
     labels: `[N]` int; the CAM class.
-    batch_size: images per compiled batch (the last batch is padded).
+    batch_size: images per compiled batch (the last batch is padded); at
+      most `N`.
     eps: the attack's L∞ budget.
     attack: a suite attack (`jard.evaluate`) crafted against the student.
     seed: the attack's random start.
@@ -88,6 +89,9 @@ def compare(student, teacher, images: np.ndarray, labels: np.ndarray, *,
     images = images.astype(np.float32) / 255.0
   labels = np.asarray(labels, np.int32)
   n = len(images)
+  # Fewer images than a batch: one batch of exactly n, not n padded to 250
+  # (PGD-20 on the padding would cost most of the time of a small report).
+  batch_size = min(batch_size, n)
   sums = {'clean': 0.0, 'adversarial': 0.0}
   grid = None
   base = jax.random.key(seed)

@@ -25,6 +25,19 @@ def _abstract(tree: PyTree) -> PyTree:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _one_copy(x):
+  """One device's copy of a replicated array (anything else unchanged).
+
+  Orbax first slices a replicated array into per-device pieces with eager
+  ops: for ResNet-8's state on 8 devices, 0.5 s a save and ~5 s of compiles
+  at the first, against 0.1 s for the single copy. The restore target's
+  sharding decides the layout on restore either way.
+  """
+  if isinstance(x, jax.Array) and x.sharding.is_fully_replicated:
+    return x.addressable_data(0)
+  return x
+
+
 class Checkpoints:
   """Latest-N and best-by-metric checkpoint managers of one stage."""
 
@@ -58,6 +71,8 @@ class Checkpoints:
       # (replicated) arrays Orbax writes each of them once.
       state = jax.tree.map(
           ocp.utils.fully_replicated_host_local_array_to_global_array, state)
+    else:
+      state = jax.tree.map(_one_copy, state)
     if self.latest.latest_step() != step:
       self.latest.save(step, args=ocp.args.StandardSave(state))
     if self.best is not None and metrics and self.metric in metrics:

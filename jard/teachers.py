@@ -21,13 +21,11 @@ gradients, and their parameters are not in the student's optimizer.
 """
 
 import copy
-import functools
 import os
 from typing import Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -207,8 +205,8 @@ def random_teachers(config, input_shape, num_classes: int,
   teachers = {}
   for i, name in enumerate(config.teachers):
     model = build_model(config.teachers[name], num_classes)
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.key(seed + i), jnp.zeros((1,) + tuple(input_shape)))
+    variables = models.init_variables(model, jax.random.key(seed + i),
+                                      input_shape)
     teachers[name] = Teacher(model, variables)
   return teachers
 

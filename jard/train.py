@@ -8,7 +8,6 @@ state stays at the last finite step and the loop stops with a message).
 """
 
 import contextlib
-import functools
 import time
 from typing import Any, NamedTuple, Optional
 
@@ -26,6 +25,7 @@ from jard import checkpoint
 from jard import data as data_lib
 from jard import evaluate
 from jard import metric_writers
+from jard import models
 from jard import parallel
 from jard import schedules
 from jard.methods import AttackSpec
@@ -84,17 +84,11 @@ def make_optimizer(config, *, steps_per_epoch: int, total_steps: int):
   return tx, lr_fn
 
 
-def init_variables(model, key, image_shape):
-  return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                    train=False)
-
-
 def create_train_state(model, tx, method: Method, key, image_shape, *,
                        hp=None, num_classes: int = 10,
                        teachers=None) -> TrainState:
   """Initial state: model variables, optimizer and method state."""
-  variables = jax.jit(functools.partial(init_variables, model,
-                                        image_shape=image_shape))(key)
+  variables = models.init_variables(model, key, image_shape)
   params = variables['params']
   method_state = {}
   if method.init_state is not None:

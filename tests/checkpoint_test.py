@@ -1,9 +1,13 @@
 """Checkpoints: keep-N latest, best by metric, restore onto a target."""
 
+import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from jard import checkpoint
+from jard import parallel
 
 
 def _state(value):
@@ -40,3 +44,23 @@ def test_empty_directory_restores_nothing(tmp_path):
   assert ckpt.restore_latest(_state(0)) is None
   assert ckpt.restore_best(_state(0)) is None
   ckpt.close()
+
+
+def test_replicated_and_sharded_arrays_restore_whole_onto_the_target(tmp_path):
+  """A replicated array is saved from one device's copy (fast), a sharded
+  one as a whole; both restore exactly, with the target's layout."""
+  mesh = parallel.make_mesh()
+  n = len(jax.devices())
+  state = {
+      'replicated': jax.device_put(np.arange(6.0), NamedSharding(mesh, P())),
+      'sharded': jax.device_put(np.arange(2.0 * n).reshape(n, 2),
+                                NamedSharding(mesh, P(parallel.AXIS))),
+  }
+  ckpt = checkpoint.Checkpoints(str(tmp_path))
+  ckpt.save(1, state)
+  ckpt.wait()
+  restored = ckpt.restore_latest(state)
+  ckpt.close()
+  for name, array in state.items():
+    np.testing.assert_array_equal(restored[name], array)
+    assert restored[name].sharding == array.sharding, name

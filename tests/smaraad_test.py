@@ -453,5 +453,25 @@ def test_cam_compare_equals_the_direct_mean_alignment(tmp_path):
   assert os.path.getsize(path) > 1000
 
 
+def test_cam_compare_of_few_images_runs_one_unpadded_batch(monkeypatch):
+  """Fewer images than `batch_size`: one batch of exactly those images (the
+  pipeline's report compares 32 images; padding them to 250 made PGD-20 cost
+  eight times the work), with the numbers of a smaller batch size."""
+  model = _small_cnn(4, (1,))
+  rng = np.random.default_rng(11)
+  images = rng.integers(0, 256, (6, 8, 8, 3), np.uint8)
+  labels = rng.integers(0, C, 6)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  shapes, batch = [], cam_report._batch
+  monkeypatch.setattr(cam_report, '_batch', lambda x, *a, **k: (
+      shapes.append(x.shape), batch(x, *a, **k))[1])
+  pair = (model, variables)
+  few = cam_report.compare(pair, pair, images, labels, batch_size=250)
+  assert shapes == [(6, 8, 8, 3)]
+  halves = cam_report.compare(pair, pair, images, labels, batch_size=3)
+  np.testing.assert_allclose(few['adversarial'], halves['adversarial'],
+                             rtol=1e-5)
+
+
 def test_losses_package_exports_the_modules():
   assert losses.spearman is spearman and losses.cam is cam_lib
