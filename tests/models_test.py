@@ -4,6 +4,8 @@ Parameter counts use `jax.eval_shape`, so even WRN-70-16 (267M parameters)
 is never allocated. Forward passes use batches of two 32x32 images.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -258,3 +260,14 @@ def test_wrn_remat_recomputes_blocks_with_the_same_function():
   jaxpr = str(jax.make_jaxpr(input_grad(remat))(x))
   assert 'checkpoint' in jaxpr or 'remat' in jaxpr
   assert 'checkpoint' not in str(jax.make_jaxpr(input_grad(plain))(x))
+
+
+def test_init_variables_unoptimised_equals_the_optimised_program():
+  """`models.init_variables` compiles at XLA opt level 0 for speed; the
+  values must be those of the default compile, bit for bit."""
+  model = models.create_model('resnet8', 10)
+  key = jax.random.key(3)
+  fast = models.init_variables(model, key, (32, 32, 3))
+  default = jax.jit(functools.partial(model.init, train=False))(
+      key, jnp.zeros((1, 32, 32, 3), jnp.float32))
+  jax.tree.map(np.testing.assert_array_equal, fast, default)
