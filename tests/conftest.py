@@ -5,8 +5,14 @@ import os
 import sys
 import tempfile
 
+# LLVM optimisation level 1 instead of XLA's default: the suite's end-to-end
+# tests ~20% faster (fewer seconds compiling, the same kernels calling
+# Eigen/oneDNN for the heavy ops), with bit-identical numbers on the checked
+# programs (`models_test` compares init at level 0 with level 3 explicitly).
+# Level 0 is no option: it made one end-to-end test 10x slower.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8')
+                           ' --xla_force_host_platform_device_count=8'
+                           ' --xla_backend_optimization_level=1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position

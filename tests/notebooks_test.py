@@ -39,8 +39,9 @@ def test_committed_without_outputs_or_local_paths(path):
 def test_runs_top_to_bottom_in_small_settings(path, tmp_path, monkeypatch):
   monkeypatch.setenv('JARD_NOTEBOOK_SMALL', '1')
   monkeypatch.setenv('JARD_WORKDIR', str(tmp_path / 'work'))
-  # One CPU device, as in Colab (the tests force 8).
-  monkeypatch.setenv('XLA_FLAGS', '')
+  # One CPU device, as in Colab (the tests force 8); conftest's faster
+  # compile level.
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=1')
   # The kernel shares this worker's compilation cache (conftest): the
   # notebooks run the same small programs (e.g. the :quick teachers).
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR',
