@@ -1,0 +1,106 @@
+r"""Where a jard ResNet-18 forward+backward spends its time on CPU.
+
+The attack gradient (eval-mode BatchNorm, CE loss, gradient w.r.t. the
+input) is what every PGD step of training and evaluation repeats. It is
+traced with `jax.profiler` on one pinned thread, and the XLA:CPU thunk times
+(read with xprof, a benchmarks-only dependency: `pip install xprof`) are
+grouped by op kind (convolution or other), network stage and direction, from
+each thunk's HLO metadata. The table goes to
+`benchmarks/results/profile_step_cpu.md`.
+
+    taskset -c 0 python benchmarks/profile_step.py
+"""
+
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_cpu_multi_thread_eigen=false'
+                           ' intra_op_parallelism_threads=1')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from jard import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+BATCH = 32
+CALLS = 2
+
+
+def thunk_milliseconds(trace_dir: str) -> dict:
+  """Per-call milliseconds of every XLA thunk in the trace."""
+  import json  # pylint: disable=g-import-not-at-top
+  from xprof.convert import raw_to_tool_data  # pylint: disable=g-import-not-at-top
+  paths = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'),
+                    recursive=True)
+  data, _ = raw_to_tool_data.xspace_to_tool_data(paths, 'trace_viewer', {})
+  totals = collections.Counter()
+  for event in json.loads(data)['traceEvents']:
+    if event.get('ph') == 'X' and 'dur' in event and not event[
+        'name'].startswith(('Thunk', 'Threadpool', '$')):
+      totals[event['name']] += event['dur'] / CALLS / 1e3
+  return totals
+
+
+def main():
+  model = models.create_model('resnet18', 10)
+  variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
+  x = jax.random.uniform(jax.random.key(1), (BATCH, 32, 32, 3))
+  y = jnp.zeros((BATCH,), jnp.int32)
+
+  def loss(x):
+    logits = model.apply(variables, x, train=False).logits
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(BATCH), y])
+
+  grad = jax.jit(jax.grad(loss))
+  grad(x).block_until_ready()
+  start = time.perf_counter()
+  grad(x).block_until_ready()
+  wall_ms = 1e3 * (time.perf_counter() - start)
+  hlo = grad.lower(x).compile().as_text()
+  # Thunk name -> the JAX op it came from (HLO metadata).
+  origin = dict(re.findall(r'%([\w.-]+) = \S+ \w[\w-]*\([^\n]*?op_name="([^"]+)"',
+                           hlo))
+  trace_dir = tempfile.mkdtemp()
+  jax.profiler.start_trace(trace_dir)
+  for _ in range(CALLS):
+    grad(x).block_until_ready()
+  jax.profiler.stop_trace()
+  groups = collections.Counter()
+  for name, ms in thunk_milliseconds(trace_dir).items():
+    op = origin.get(name, '?')
+    kind = 'convolution' if 'conv_general_dilated' in op else 'other'
+    stage = re.search(r'(stem|stage\d|head)', op)
+    direction = 'backward' if 'transpose' in op else 'forward'
+    groups[kind, stage.group(1) if stage else '-', direction] += ms
+  total = sum(groups.values())
+  conv = sum(v for k, v in groups.items() if k[0] == 'convolution')
+  lines = [
+      '# Profile of a jard ResNet-18 forward+backward on CPU', '',
+      f'jax {jax.__version__}, one pinned thread, batch {BATCH}, the input '
+      'gradient of the CE loss with eval-mode BatchNorm (one PGD step), '
+      f'XLA thunk times from `jax.profiler` per call (mean of {CALLS}). '
+      f'Wall time of one call: {wall_ms:.0f} ms; thunks: {total:.0f} ms.', '',
+      f'**Convolutions: {conv:.0f} ms, {100 * conv / total:.1f}% of the '
+      'thunk time.**', '',
+      '| op | stage | direction | ms | % |', '|---|---|---|---|---|']
+  for (kind, stage, direction), ms in sorted(groups.items(),
+                                             key=lambda kv: -kv[1]):
+    if ms >= 0.005 * total:
+      lines.append(f'| {kind} | {stage} | {direction} | {ms:.1f} | '
+                   f'{100 * ms / total:.1f} |')
+  text = '\n'.join(lines) + '\n'
+  with open(os.path.join(HERE, 'results', 'profile_step_cpu.md'), 'w') as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == '__main__':
+  main()
