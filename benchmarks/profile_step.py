@@ -5,7 +5,8 @@ input) is what every PGD step of training and evaluation repeats. It is
 traced with `jax.profiler` on one pinned thread, and the XLA:CPU thunk times
 (read with xprof, a benchmarks-only dependency: `pip install xprof`) are
 grouped by op kind (convolution or other), network stage and direction, from
-each thunk's HLO metadata. The table goes to
+each thunk's HLO metadata. With PyTorch installed, the same gradient of
+`torch_ref`'s ResNet-18 is timed too (one thread). The table goes to
 `benchmarks/results/profile_step_cpu.md`.
 
     taskset -c 0 python benchmarks/profile_step.py
@@ -28,6 +29,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)  # torch_ref
 from jard import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BATCH = 32
@@ -49,6 +51,32 @@ def thunk_milliseconds(trace_dir: str) -> dict:
   return totals
 
 
+def _torch_milliseconds():
+  """(ms, version) of the same input gradient in PyTorch, or None."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  from torch_ref import models as torch_models  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(1)
+  net = torch_models.MODELS['resnet18'](10).eval()
+  x = torch.rand(BATCH, 3, 32, 32)
+  y = torch.zeros(BATCH, dtype=torch.long)
+
+  def call():
+    z = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(net(z)[0], y)
+    torch.autograd.grad(loss, z)
+
+  call()
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    call()
+    times.append(1e3 * (time.perf_counter() - start))
+  return sorted(times)[1], f'torch {torch.__version__}'
+
+
 def main():
   model = models.create_model('resnet18', 10)
   variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
@@ -68,6 +96,7 @@ def main():
   # Thunk name -> the JAX op it came from (HLO metadata).
   origin = dict(re.findall(r'%([\w.-]+) = \S+ \w[\w-]*\([^\n]*?op_name="([^"]+)"',
                            hlo))
+  torch_ms = _torch_milliseconds()
   trace_dir = tempfile.mkdtemp()
   jax.profiler.start_trace(trace_dir)
   for _ in range(CALLS):
@@ -90,6 +119,11 @@ def main():
       f'Wall time of one call: {wall_ms:.0f} ms; thunks: {total:.0f} ms.', '',
       f'**Convolutions: {conv:.0f} ms, {100 * conv / total:.1f}% of the '
       'thunk time.**', '',
+      (f'The same work in PyTorch ({torch_ms[1]}, one thread, '
+       '`benchmarks/torch_ref/models.py`): '
+       f'{torch_ms[0]:.0f} ms a call, so jard / PyTorch speed = '
+       f'{torch_ms[0] / wall_ms:.2f}.' if torch_ms else
+       'PyTorch is not installed: no comparison row.'), '',
       '| op | stage | direction | ms | % |', '|---|---|---|---|---|']
   for (kind, stage, direction), ms in sorted(groups.items(),
                                              key=lambda kv: -kv[1]):
