@@ -6,7 +6,8 @@ traced with `jax.profiler` on one pinned thread, and the XLA:CPU thunk times
 (read with xprof, a benchmarks-only dependency: `pip install xprof`) are
 grouped by op kind (convolution or other), network stage and direction, from
 each thunk's HLO metadata. With PyTorch installed, the same gradient of
-`torch_ref`'s ResNet-18 is timed too (one thread). The table goes to
+`torch_ref`'s ResNet-18 is timed too (one thread), and so is the gradient
+inside a `lax.fori_loop`, rolled and unrolled. The table goes to
 `benchmarks/results/profile_step_cpu.md`.
 
     taskset -c 0 python benchmarks/profile_step.py
@@ -34,6 +35,7 @@ from jard import models  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 BATCH = 32
 CALLS = 2
+LOOP = 2
 
 
 def thunk_milliseconds(trace_dir: str) -> dict:
@@ -49,6 +51,17 @@ def thunk_milliseconds(trace_dir: str) -> dict:
         'name'].startswith(('Thunk', 'Threadpool', '$')):
       totals[event['name']] += event['dur'] / CALLS / 1e3
   return totals
+
+
+def _median_ms(fn, calls: int = 3) -> float:
+  """Median wall milliseconds of `fn()` after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    fn()
+    times.append(1e3 * (time.perf_counter() - start))
+  return sorted(times)[len(times) // 2]
 
 
 def _torch_milliseconds():
@@ -68,13 +81,7 @@ def _torch_milliseconds():
     loss = torch.nn.functional.cross_entropy(net(z)[0], y)
     torch.autograd.grad(loss, z)
 
-  call()
-  times = []
-  for _ in range(3):
-    start = time.perf_counter()
-    call()
-    times.append(1e3 * (time.perf_counter() - start))
-  return sorted(times)[1], f'torch {torch.__version__}'
+  return _median_ms(call), f'torch {torch.__version__}'
 
 
 def main():
@@ -88,10 +95,17 @@ def main():
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(BATCH), y])
 
   grad = jax.jit(jax.grad(loss))
-  grad(x).block_until_ready()
-  start = time.perf_counter()
-  grad(x).block_until_ready()
-  wall_ms = 1e3 * (time.perf_counter() - start)
+  wall_ms = _median_ms(lambda: grad(x).block_until_ready())
+  # The same gradient as PGD runs it: LOOP steps of a `fori_loop`, rolled
+  # (a while loop, as jard's attacks) and unrolled; ms per gradient.
+  def pgd(unroll):
+    step = lambda i, z: z + 1e-3 * jnp.sign(jax.grad(loss)(z))
+    return jax.jit(lambda z: jax.lax.fori_loop(0, LOOP, step, z,
+                                               unroll=unroll))
+  loop_ms = {}
+  for unroll in (False, True):
+    fn = pgd(unroll)
+    loop_ms[unroll] = _median_ms(lambda: fn(x).block_until_ready()) / LOOP
   hlo = grad.lower(x).compile().as_text()
   # Thunk name -> the JAX op it came from (HLO metadata).
   origin = dict(re.findall(r'%([\w.-]+) = \S+ \w[\w-]*\([^\n]*?op_name="([^"]+)"',
@@ -124,6 +138,9 @@ def main():
        f'{torch_ms[0]:.0f} ms a call, so jard / PyTorch speed = '
        f'{torch_ms[0] / wall_ms:.2f}.' if torch_ms else
        'PyTorch is not installed: no comparison row.'), '',
+      f'Inside a `lax.fori_loop` of {LOOP} PGD steps: {loop_ms[False]:.0f} ms '
+      f'per gradient rolled (a while loop, as jard\'s attacks run), '
+      f'{loop_ms[True]:.0f} ms with `unroll=True`.', '',
       '| op | stage | direction | ms | % |', '|---|---|---|---|---|']
   for (kind, stage, direction), ms in sorted(groups.items(),
                                              key=lambda kv: -kv[1]):
