@@ -59,6 +59,8 @@ flags.DEFINE_string('out', 'throughput_cpu', 'Result file stem.')
 flags.DEFINE_bool('pin_pairs', False, 'Run the jard and PyTorch rows of a '
                   'pair at the same time, each on its own CPU core with one '
                   'thread (jard on core 0, PyTorch on core 1).')
+flags.DEFINE_list('kinds', ['train', 'pgd20', 'autoattack'], 'Rows of the '
+                  '`ratios` table to run.')
 flags.DEFINE_string('row', '', 'Internal: run one row and print its JSON.')
 FLAGS = flags.FLAGS
 
@@ -395,10 +397,11 @@ def _rows():
     return out
   out = []
   for arch in FLAGS.archs:
-    for method in FLAGS.methods or RATIO_METHODS:
+    for method in (FLAGS.methods or RATIO_METHODS
+                   if 'train' in FLAGS.kinds else ()):
       out += [('jard', 'train', method, arch), ('torch', 'train', method, arch)]
     if arch not in RADIO_ARCHS:
-      for kind in ('pgd20', 'autoattack'):
+      for kind in [k for k in ('pgd20', 'autoattack') if k in FLAGS.kinds]:
         out += [('jard', kind, '-', arch), ('torch', kind, '-', arch)]
   return out
 

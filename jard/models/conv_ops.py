@@ -1,0 +1,147 @@
+"""A convolution whose input gradient XLA:CPU runs on its fast kernels in loops.
+
+Every attack differentiates the model with respect to its input inside a
+`lax.fori_loop`. JAX's transpose rule for a convolution computes the input
+gradient as a convolution with the reversed kernel read with its input and
+output features swapped (`dim_labels=..._01oi`). Outside a loop XLA:CPU copies
+that kernel into its canonical layout and runs the convolution on YNNPACK;
+inside a while body it does not, and the convolution falls back to a slow
+generic kernel (jaxlib 0.10.2: a ResNet-18 input gradient costs 2.5 s in a
+`fori_loop` against 0.85 s outside; `benchmarks/results/profile_step_cpu.md`).
+
+`conv_general_dilated` here is `lax.conv_general_dilated` with a custom VJP
+whose input gradient writes that transpose out explicitly:
+
+    ∂L/∂x = conv(ĝ, K̃),   K̃[.., j, g·C_in/G + i] = flip(K)[.., i, g·C_out/G + j]
+
+with ĝ the output gradient dilated by the strides and padded as in JAX's
+rule (`lhs_dilation = strides`). It is the same sum of the same products, so
+the values match JAX's rule up to float summation order; the kernel gradient
+is JAX's own. Reverse-mode derivatives of any order work (the backward rule is
+itself differentiable); forward mode (`jax.jvp`) does not, as with any
+`custom_vjp`. Only channels-last convolutions without input dilation take
+this path (every convolution of jard's models); anything else, and every
+backend other than CPU, where the rule was not measured, uses
+`lax.conv_general_dilated` as is.
+"""
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _channels_last(ndim: int) -> lax.ConvDimensionNumbers:
+  """NHWC / HWIO / NHWC for `ndim`-D inputs (flax's default layout)."""
+  spatial = tuple(range(1, ndim - 1))
+  return lax.ConvDimensionNumbers(
+      lhs_spec=(0, ndim - 1) + spatial,
+      rhs_spec=(ndim - 1, ndim - 2) + tuple(range(ndim - 2)),
+      out_spec=(0, ndim - 1) + spatial)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision=None,
+                         preferred_element_type=None):
+  """`lax.conv_general_dilated`, with the loop-friendly input gradient on CPU.
+
+  Same arguments and result as `lax.conv_general_dilated`; a drop-in for
+  `flax.linen.Conv(conv_general_dilated=...)`. See the module docstring.
+  """
+  spatial = lhs.ndim - 2
+  lhs_dilation = tuple(lhs_dilation or (1,) * spatial)
+  rhs_dilation = tuple(rhs_dilation or (1,) * spatial)
+  layout = _channels_last(lhs.ndim)
+  plain = (jax.default_backend() != 'cpu'
+           or lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                         dimension_numbers) != layout
+           or any(d != 1 for d in lhs_dilation) or batch_group_count != 1
+           or preferred_element_type is not None or lhs.dtype != rhs.dtype)
+  if plain:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+        dimension_numbers, feature_group_count, batch_group_count, precision,
+        preferred_element_type)
+  if isinstance(padding, str):
+    window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:spatial], rhs_dilation)]
+    padding = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides,
+                                  padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _conv(lhs, rhs, tuple(window_strides), padding, rhs_dilation,
+               feature_group_count, precision)
+
+
+def _forward(lhs, rhs, strides, padding, rhs_dilation, groups, precision):
+  return lax.conv_general_dilated(
+      lhs, rhs, strides, padding, rhs_dilation=rhs_dilation,
+      dimension_numbers=_channels_last(lhs.ndim),
+      feature_group_count=groups, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv(lhs, rhs, strides, padding, rhs_dilation, groups, precision):
+  return _forward(lhs, rhs, strides, padding, rhs_dilation, groups, precision)
+
+
+def _conv_fwd(lhs, rhs, strides, padding, rhs_dilation, groups, precision):
+  out = _forward(lhs, rhs, strides, padding, rhs_dilation, groups, precision)
+  return out, (lhs, rhs)
+
+
+def _dilated(size: int, dilation: int) -> int:
+  return 0 if size == 0 else 1 + dilation * (size - 1)
+
+
+def input_gradient(g, lhs_shape: Sequence[int], rhs, strides, padding,
+                   rhs_dilation, groups: int, precision=None):
+  """∂L/∂lhs of a channels-last convolution, given g = ∂L/∂out.
+
+  Args:
+    g: `[B, *out_spatial, C_out]` output gradient.
+    lhs_shape: `(B, *in_spatial, C_in)`.
+    rhs: `[*window, C_in / groups, C_out]` kernel (HWIO).
+    strides, padding, rhs_dilation, groups: the forward convolution's.
+
+  Returns:
+    `[B, *in_spatial, C_in]`.
+  """
+  spatial = rhs.ndim - 2
+  window = rhs.shape[:spatial]
+  in_per_group, out_channels = rhs.shape[-2], rhs.shape[-1]
+  pads = []
+  for i in range(spatial):
+    window_i = _dilated(window[i], rhs_dilation[i])
+    before = window_i - padding[i][0] - 1
+    after = (lhs_shape[1 + i] + window_i - 1
+             - _dilated(g.shape[1 + i], strides[i]) - before)
+    pads.append((before, after))
+  kernel = jnp.flip(rhs, axis=tuple(range(spatial)))
+  kernel = kernel.reshape(window + (in_per_group, groups,
+                                    out_channels // groups))
+  kernel = jnp.transpose(kernel, tuple(range(spatial))
+                         + (spatial + 2, spatial + 1, spatial))
+  kernel = kernel.reshape(window + (out_channels // groups,
+                                    groups * in_per_group))
+  return lax.conv_general_dilated(
+      g, kernel.astype(g.dtype), (1,) * spatial, pads, lhs_dilation=strides,
+      rhs_dilation=rhs_dilation, dimension_numbers=_channels_last(g.ndim),
+      feature_group_count=groups, precision=precision)
+
+
+def _conv_bwd(strides, padding, rhs_dilation, groups, precision, residuals,
+              g):
+  lhs, rhs = residuals
+  _, kernel_vjp = jax.vjp(
+      lambda k: _forward(lhs, k, strides, padding, rhs_dilation, groups,
+                         precision), rhs)
+  (g_rhs,) = kernel_vjp(g)
+  g_lhs = input_gradient(g, lhs.shape, rhs, strides, padding, rhs_dilation,
+                         groups, precision)
+  return g_lhs.astype(lhs.dtype), g_rhs
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
