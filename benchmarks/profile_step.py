@@ -5,9 +5,10 @@ input) is what every PGD step of training and evaluation repeats. It is
 traced with `jax.profiler` on one pinned thread, and the XLA:CPU thunk times
 (read with xprof, a benchmarks-only dependency: `pip install xprof`) are
 grouped by op kind (convolution or other), network stage and direction, from
-each thunk's HLO metadata. With PyTorch installed, the same gradient of
-`torch_ref`'s ResNet-18 is timed too (one thread), and so is the gradient
-inside a `lax.fori_loop`, rolled and unrolled. The table goes to
+each thunk's HLO metadata. The gradient inside a `lax.fori_loop` (rolled
+and unrolled) and the training pass (parameter gradient, train-mode
+BatchNorm) are timed too, and with PyTorch installed the same input gradient
+and training pass of `torch_ref`'s ResNet-18 (one thread). The table goes to
 `benchmarks/results/profile_step_cpu.md`.
 
     taskset -c 0 python benchmarks/profile_step.py
@@ -65,23 +66,30 @@ def _median_ms(fn, calls: int = 3) -> float:
 
 
 def _torch_milliseconds():
-  """(ms, version) of the same input gradient in PyTorch, or None."""
+  """(input-gradient ms, training-pass ms, version) in PyTorch, or None."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
   from torch_ref import models as torch_models  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(1)
-  net = torch_models.MODELS['resnet18'](10).eval()
+  net = torch_models.MODELS['resnet18'](10)
   x = torch.rand(BATCH, 3, 32, 32)
   y = torch.zeros(BATCH, dtype=torch.long)
 
-  def call():
+  def input_gradient():
+    net.eval()
     z = x.clone().requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(net(z)[0], y)
     torch.autograd.grad(loss, z)
 
-  return _median_ms(call), f'torch {torch.__version__}'
+  def training_pass():
+    net.train()
+    loss = torch.nn.functional.cross_entropy(net(x)[0], y)
+    torch.autograd.grad(loss, list(net.parameters()))
+
+  return (_median_ms(input_gradient), _median_ms(training_pass),
+          f'torch {torch.__version__}')
 
 
 def main():
@@ -96,6 +104,17 @@ def main():
 
   grad = jax.jit(jax.grad(loss))
   wall_ms = _median_ms(lambda: grad(x).block_until_ready())
+
+  # The other half of a training step: the parameter gradient with
+  # train-mode BatchNorm (batch statistics), once per batch.
+  def train_loss(params):
+    out, _ = model.apply({'params': params,
+                          'batch_stats': variables['batch_stats']}, x,
+                         train=True, mutable=['batch_stats'])
+    return -jnp.mean(jax.nn.log_softmax(out.logits)[jnp.arange(BATCH), y])
+  train_grad = jax.jit(jax.grad(train_loss))
+  train_ms = _median_ms(lambda: jax.block_until_ready(
+      train_grad(variables['params'])))
   # The same gradient as PGD runs it: LOOP steps of a `fori_loop`, rolled
   # (a while loop, as jard's attacks) and unrolled; ms per gradient.
   def pgd(unroll):
@@ -133,11 +152,16 @@ def main():
       f'Wall time of one call: {wall_ms:.0f} ms; thunks: {total:.0f} ms.', '',
       f'**Convolutions: {conv:.0f} ms, {100 * conv / total:.1f}% of the '
       'thunk time.**', '',
-      (f'The same work in PyTorch ({torch_ms[1]}, one thread, '
+      (f'The same work in PyTorch ({torch_ms[2]}, one thread, '
        '`benchmarks/torch_ref/models.py`): '
        f'{torch_ms[0]:.0f} ms a call, so jard / PyTorch speed = '
        f'{torch_ms[0] / wall_ms:.2f}.' if torch_ms else
        'PyTorch is not installed: no comparison row.'), '',
+      (f'The training pass (parameter gradient, train-mode BatchNorm, same '
+       f'batch): jard {train_ms:.0f} ms, PyTorch {torch_ms[1]:.0f} ms, '
+       f'jard / PyTorch speed = {torch_ms[1] / train_ms:.2f}.' if torch_ms
+       else f'The training pass (parameter gradient): {train_ms:.0f} ms.'),
+      '',
       f'Inside a `lax.fori_loop` of {LOOP} PGD steps: {loop_ms[False]:.0f} ms '
       f'per gradient rolled (a while loop, as jard\'s attacks run), '
       f'{loop_ms[True]:.0f} ms with `unroll=True`.', '',
