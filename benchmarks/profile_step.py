@@ -88,8 +88,21 @@ def _torch_milliseconds():
     loss = torch.nn.functional.cross_entropy(net(x)[0], y)
     torch.autograd.grad(loss, list(net.parameters()))
 
+  one = x[:1].clone()
+
+  def forward_one():
+    net.eval()
+    with torch.no_grad():
+      net(one)
+
+  def gradient_one():
+    net.eval()
+    z = one.clone().requires_grad_(True)
+    torch.autograd.grad(net(z)[0].logsumexp(1).sum(), z)
+
   return (_median_ms(input_gradient), _median_ms(training_pass),
-          f'torch {torch.__version__}')
+          f'torch {torch.__version__}', _median_ms(forward_one, 9),
+          _median_ms(gradient_one, 9))
 
 
 def main():
@@ -115,6 +128,16 @@ def main():
   train_grad = jax.jit(jax.grad(train_loss))
   train_ms = _median_ms(lambda: jax.block_until_ready(
       train_grad(variables['params'])))
+
+  # One image: what AutoAttack's later attacks run on once few points are
+  # left (its batches shrink to the survivors).
+  one = x[:1]
+  forward_one = jax.jit(lambda z: model.apply(variables, z,
+                                              train=False).logits)
+  gradient_one = jax.jit(jax.grad(lambda z: jnp.sum(jax.nn.logsumexp(
+      model.apply(variables, z, train=False).logits, axis=-1))))
+  one_ms = (_median_ms(lambda: forward_one(one).block_until_ready(), 9),
+            _median_ms(lambda: gradient_one(one).block_until_ready(), 9))
   # The same gradient as PGD runs it: LOOP steps of a `fori_loop`, rolled
   # (a while loop, as jard's attacks) and unrolled; ms per gradient.
   def pgd(unroll):
@@ -162,6 +185,12 @@ def main():
        f'jard / PyTorch speed = {torch_ms[1] / train_ms:.2f}.' if torch_ms
        else f'The training pass (parameter gradient): {train_ms:.0f} ms.'),
       '',
+      (f'Batch 1 (forward; input gradient): jard {one_ms[0]:.1f} ms; '
+       f'{one_ms[1]:.1f} ms, PyTorch {torch_ms[3]:.1f} ms; {torch_ms[4]:.1f} '
+       f'ms, jard / PyTorch speed = {torch_ms[3] / one_ms[0]:.2f}; '
+       f'{torch_ms[4] / one_ms[1]:.2f}.' if torch_ms else
+       f'Batch 1 (forward; input gradient): {one_ms[0]:.1f}; '
+       f'{one_ms[1]:.1f} ms.'), '',
       f'Inside a `lax.fori_loop` of {LOOP} PGD steps: {loop_ms[False]:.0f} ms '
       f'per gradient rolled (a while loop, as jard\'s attacks run), '
       f'{loop_ms[True]:.0f} ms with `unroll=True`.', '',

@@ -124,6 +124,32 @@ def test_attack_spec_pnr_budget_needs_snr():
   with pytest.raises(ValueError, match='SNR'):
     spec.pgd(lambda z: jnp.sum(z.reshape(2, -1), -1), jnp.ones((2, 2, 128)),
              jax.random.split(jax.random.key(0), 2))
+  with pytest.raises(ValueError, match='SNR'):
+    spec.pgd_with_state(lambda z, s: (jnp.sum(z.reshape(2, -1), -1), s),
+                        jnp.ones((2, 2, 128)),
+                        jax.random.split(jax.random.key(0), 2), {})
+
+
+def test_stateful_attack_at_a_pnr_budget_is_the_radio_pgd():
+  """ARD and IAD attack in train mode (`pgd_with_state`); on radio signals
+  that is the radio PGD with the state threaded through."""
+  spec = AttackSpec(norm='l2', budget='pnr', pnr=-10.0, steps=3, bounds=None)
+  w = jax.random.normal(jax.random.key(4), (256,))
+  loss = lambda z: jnp.tanh(z.reshape(z.shape[0], -1) @ w)
+  x = jax.random.normal(jax.random.key(0), (6, 2, 128)) * 0.01
+  batch = {'snr': jnp.array([-10, 0, 10, 18, 4, -20], jnp.int32)}
+  keys = jax.random.split(jax.random.key(1), 6)
+
+  def counting(z, calls):  # the state counts the forward passes
+    return loss(z), calls + 1
+  x_adv, calls = spec.pgd_with_state(counting, x, keys, jnp.zeros(()), batch)
+  np.testing.assert_allclose(x_adv, spec.pgd(loss, x, keys, batch), rtol=1e-6,
+                             atol=1e-9)
+  assert int(calls) == 3
+  eps = attacks.radio.pnr_budget(x, batch['snr'], -10.0)
+  norms = jnp.linalg.norm((x_adv - x).reshape(6, -1), axis=-1)
+  assert bool(jnp.all(norms <= eps * (1 + 1e-5)))
+  assert bool(jnp.all(norms >= 0.5 * eps))
 
 
 # --- The attention-map loss and the layer mapping ---------------------------

@@ -81,15 +81,18 @@ class AttackSpec:
   relative_step: float = 0.25
   bounds: Optional[tuple[float, float]] = (0.0, 1.0)
 
+  def _snr(self, batch):
+    if batch is None or 'snr' not in batch:
+      raise ValueError(
+          'config.attack.train.budget="pnr" needs per-example SNR labels; '
+          'use a radio source (amc_synthetic, radioml:<path>) or budget='
+          '"absolute".')
+    return batch['snr']
+
   def pgd(self, loss_fn, x, keys, batch=None):
     """Runs the attack; `batch['snr']` `[B]` is needed for a PNR budget."""
     if self.budget == 'pnr':
-      if batch is None or 'snr' not in batch:
-        raise ValueError(
-            'config.attack.train.budget="pnr" needs per-example SNR labels; '
-            'use a radio source (amc_synthetic, radioml:<path>) or budget='
-            '"absolute".')
-      return attacks.radio.pgd(loss_fn, x, keys, batch['snr'],
+      return attacks.radio.pgd(loss_fn, x, keys, self._snr(batch),
                                pnr_db=self.pnr, steps=self.steps,
                                relative_step=self.relative_step,
                                init=self.init)
@@ -97,12 +100,18 @@ class AttackSpec:
                        step_size=self.step_size, steps=self.steps,
                        norm=self.norm, init=self.init, bounds=self.bounds)
 
+  def pgd_with_state(self, loss_fn, x, keys, state, batch=None):
+    """`attacks.pgd_with_state`: the loss threads a state (train-mode BN).
 
-  def pgd_with_state(self, loss_fn, x, keys, state):
-    """`attacks.pgd_with_state`: the loss threads a state (train-mode BN)."""
-    if self.budget != 'absolute':
-      raise ValueError('a train-mode (stateful) attack supports only '
-                       'config.attack.train.budget="absolute".')
+    A PNR budget is the radio PGD of `pgd` (per-example L2 ε_i, steps of
+    `relative_step·ε_i`, unbounded), with the state threaded through.
+    """
+    if self.budget == 'pnr':
+      eps = attacks.radio.pnr_budget(x, self._snr(batch), self.pnr)
+      return attacks.pgd_with_state(loss_fn, x, keys, state, eps=eps,
+                                    step_size=self.relative_step * eps,
+                                    steps=self.steps, norm='l2',
+                                    init=self.init, bounds=None)
     return attacks.pgd_with_state(loss_fn, x, keys, state, eps=self.eps,
                                   step_size=self.step_size, steps=self.steps,
                                   norm=self.norm, init=self.init,

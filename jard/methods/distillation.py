@@ -60,16 +60,17 @@ def smoothed_kl(target_logits, logits):
                  axis=-1)
 
 
-def _train_mode_attack(params, x, y, keys, ctx):
+def _train_mode_attack(params, x, y, keys, ctx, batch):
   """PGD on CE_sum with the student in train mode (ARD, IAD); returns
-  `(x_adv, batch_stats)` after the attack's forward passes."""
+  `(x_adv, batch_stats)` after the attack's forward passes. `batch` gives
+  the SNR labels of a PNR budget."""
   params = jax.lax.stop_gradient(params)
 
   def loss_fn(z, stats):
     outputs, stats = ctx.apply(params, z, train=True, batch_stats=stats)
     return losses.cross_entropy(outputs.logits, y), stats
 
-  return ctx.attack.pgd_with_state(loss_fn, x, keys, ctx.batch_stats)
+  return ctx.attack.pgd_with_state(loss_fn, x, keys, ctx.batch_stats, batch)
 
 
 # Outer losses on logits, per example `[B]` (the step takes the batch mean,
@@ -121,7 +122,7 @@ def ard_loss(params, batch, keys, ctx):
   """ARD (Goldblum et al., AAAI 2020): module docstring."""
   x, y = batch['image'], batch['label']
   alpha, tau = ctx.hp.get('alpha', 1.0), ctx.hp.get('temperature', 30.0)
-  x_adv, stats = _train_mode_attack(params, x, y, keys, ctx)
+  x_adv, stats = _train_mode_attack(params, x, y, keys, ctx, batch)
   student, stats = ctx.apply(params, x_adv, train=True, batch_stats=stats)
   student_clean = None
   if alpha < 1.0:  # the CE term needs the clean forward pass
@@ -138,7 +139,7 @@ def iad_loss(params, batch, keys, ctx):
   """IAD-I (Zhu et al., ICLR 2022): module docstring."""
   x, y = batch['image'], batch['label']
   hp = ctx.hp
-  x_adv, stats = _train_mode_attack(params, x, y, keys, ctx)
+  x_adv, stats = _train_mode_attack(params, x, y, keys, ctx, batch)
   student, stats = ctx.apply(params, x_adv, train=True, batch_stats=stats)
   clean, stats = ctx.apply(params, x, train=True, batch_stats=stats)
   teacher = ctx.teachers[ROBUST]
