@@ -111,12 +111,14 @@ def main():
   x = jax.random.uniform(jax.random.key(1), (BATCH, 32, 32, 3))
   y = jnp.zeros((BATCH,), jnp.int32)
 
-  def loss(x):
+  # The weights are arguments, as in jard's steps (closed-over weights
+  # would be compile-time constants, and XLA folds work on them).
+  def loss(x, variables):
     logits = model.apply(variables, x, train=False).logits
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(BATCH), y])
 
   grad = jax.jit(jax.grad(loss))
-  wall_ms = _median_ms(lambda: grad(x).block_until_ready())
+  wall_ms = _median_ms(lambda: grad(x, variables).block_until_ready())
 
   # The other half of a training step: the parameter gradient with
   # train-mode BatchNorm (batch statistics), once per batch.
@@ -132,23 +134,25 @@ def main():
   # One image: what AutoAttack's later attacks run on once few points are
   # left (its batches shrink to the survivors).
   one = x[:1]
-  forward_one = jax.jit(lambda z: model.apply(variables, z,
-                                              train=False).logits)
-  gradient_one = jax.jit(jax.grad(lambda z: jnp.sum(jax.nn.logsumexp(
-      model.apply(variables, z, train=False).logits, axis=-1))))
-  one_ms = (_median_ms(lambda: forward_one(one).block_until_ready(), 9),
-            _median_ms(lambda: gradient_one(one).block_until_ready(), 9))
+  forward_one = jax.jit(lambda z, v: model.apply(v, z, train=False).logits)
+  gradient_one = jax.jit(jax.grad(lambda z, v: jnp.sum(jax.nn.logsumexp(
+      model.apply(v, z, train=False).logits, axis=-1))))
+  one_ms = tuple(
+      _median_ms(lambda f=f: f(one, variables).block_until_ready(), 9)
+      for f in (forward_one, gradient_one))
   # The same gradient as PGD runs it: LOOP steps of a `fori_loop`, rolled
   # (a while loop, as jard's attacks) and unrolled; ms per gradient.
   def pgd(unroll):
-    step = lambda i, z: z + 1e-3 * jnp.sign(jax.grad(loss)(z))
-    return jax.jit(lambda z: jax.lax.fori_loop(0, LOOP, step, z,
-                                               unroll=unroll))
+    def run(z, v):
+      step = lambda i, z: z + 1e-3 * jnp.sign(jax.grad(loss)(z, v))
+      return jax.lax.fori_loop(0, LOOP, step, z, unroll=unroll)
+    return jax.jit(run)
   loop_ms = {}
   for unroll in (False, True):
     fn = pgd(unroll)
-    loop_ms[unroll] = _median_ms(lambda: fn(x).block_until_ready()) / LOOP
-  hlo = grad.lower(x).compile().as_text()
+    loop_ms[unroll] = _median_ms(
+        lambda: fn(x, variables).block_until_ready()) / LOOP
+  hlo = grad.lower(x, variables).compile().as_text()
   # Thunk name -> the JAX op it came from (HLO metadata).
   origin = dict(re.findall(r'%([\w.-]+) = \S+ \w[\w-]*\([^\n]*?op_name="([^"]+)"',
                            hlo))
@@ -156,7 +160,7 @@ def main():
   trace_dir = tempfile.mkdtemp()
   jax.profiler.start_trace(trace_dir)
   for _ in range(CALLS):
-    grad(x).block_until_ready()
+    grad(x, variables).block_until_ready()
   jax.profiler.stop_trace()
   groups = collections.Counter()
   for name, ms in thunk_milliseconds(trace_dir).items():
