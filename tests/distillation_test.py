@@ -186,7 +186,7 @@ def test_ard_attacks_the_student_in_train_mode():
   c = ctx(t_vars)
   params = s_vars['params']
   x_adv, stats = dist._train_mode_attack(params, batch['image'],  # pylint: disable=protected-access
-                                         batch['label'], keys, c)
+                                         batch['label'], keys, c, batch)
   _, stats = c.apply(params, x_adv, train=True, batch_stats=stats)
   jax.tree.map(np.testing.assert_allclose, aux['batch_stats'], stats)
   # One outer forward alone would leave different statistics.
