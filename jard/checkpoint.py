@@ -5,9 +5,10 @@ One `Checkpoints` object per training stage, under `<stage_dir>/checkpoints`
 `metric`). Everything that determines the rest of a run is in the saved
 `TrainState`: the step (hence the epoch, the data position and every PRNG
 key, which are derived from it), the parameters, BatchNorm statistics, the
-optimizer state and the method state. Saves are asynchronous and atomic
-(Orbax writes to a temporary directory and renames), so a run killed during a
-save resumes from the previous complete checkpoint.
+optimizer state and the method state. Saves are atomic (Orbax writes to a
+temporary directory and renames), so a run killed during a save resumes from
+the previous complete checkpoint; they are asynchronous in a single process
+and synchronous across processes.
 """
 
 import os
@@ -43,8 +44,15 @@ class Checkpoints:
 
   def __init__(self, directory: str, *, keep: int = 2,
                metric: Optional[str] = None, mode: str = 'max',
-               async_save: bool = True):
+               async_save: Optional[bool] = None):
     directory = os.path.abspath(directory)
+    if async_save is None:
+      # Multi-process runs save synchronously: Orbax's async saves meet the
+      # other processes at barriers from a background thread, and one CI
+      # run of the 2-process test hung there (process 0 waiting for its
+      # save to finish, process 1 timing out at the shutdown barrier; cause
+      # not found). Synchronous saves meet in lockstep on the main thread.
+      async_save = jax.process_count() == 1
     self.latest = ocp.CheckpointManager(
         os.path.join(directory, 'checkpoints'),
         options=ocp.CheckpointManagerOptions(

@@ -52,9 +52,15 @@ def _main(workdir, npz_path, devices, **env):
 def _excerpt(out: str) -> str:
   """The error lines of a failed process (glog E/F lines, exceptions), then
   its last lines: an abort's thread dump would otherwise hide the cause."""
-  errors = [line for line in out.splitlines()
+  lines = out.splitlines()
+  errors = [line for line in lines
             if re.match(r'[EF]\d{4} ', line) or 'Error' in line]
-  return '\n'.join(errors[:30]) + '\n...\n' + out[-1500:]
+  # Where each thread of an abort's dump was in Orbax or jard.
+  frames = [line for line in lines
+            if line.lstrip().startswith(('File', 'Thread')) and (
+                'orbax' in line or 'jard' in line or 'Thread' in line)]
+  return ('\n'.join(errors[:30]) + '\n...\n' + '\n'.join(frames[-60:])
+          + '\n...\n' + out[-1500:])
 
 
 def _finish(procs):
@@ -65,8 +71,11 @@ def _finish(procs):
   finally:
     for proc in procs:
       proc.kill()
-  for proc, out in zip(procs, outputs):
-    assert proc.returncode == 0, _excerpt(out)
+  failed = [f'process {i} (exit {proc.returncode}):\n{_excerpt(out)}'
+            for i, (proc, out) in enumerate(zip(procs, outputs))
+            if proc.returncode != 0]
+  # Every failed process: the first to fail is often not the first listed.
+  assert not failed, '\n\n'.join(failed)
   return outputs
 
 
