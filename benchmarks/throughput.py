@@ -29,6 +29,7 @@ from concurrent import futures
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -399,8 +400,9 @@ def _rows():
     from jard import methods  # pylint: disable=g-import-not-at-top
     out = []
     for arch in FLAGS.archs:
-      names = FLAGS.methods or (RADIO_METHODS if arch in RADIO_ARCHS
-                                else sorted(methods.METHODS))
+      # ATARD distils transformer attention maps: radio students only.
+      names = FLAGS.methods or (RADIO_METHODS if arch in RADIO_ARCHS else
+                                sorted(set(methods.METHODS) - {'atard'}))
       out += [('jard', 'train', m, arch) for m in names]
     return out
   out = []
@@ -431,7 +433,11 @@ def _run_subprocess(spec, core=None):
   for line in reversed(proc.stdout.splitlines()):
     if line.startswith('{'):
       return json.loads(line)
-  return {'error': proc.stderr.strip().splitlines()[-1:] or ['no output']}
+  # The exception's own line, not JAX's closing note on filtered frames.
+  lines = [l for l in proc.stderr.strip().splitlines()
+           if re.match(r'\w+(\.\w+)*(Error|Exception): ', l)]
+  return {'error': lines[-1:] or proc.stderr.strip().splitlines()[-1:]
+                   or ['no output']}
 
 
 def machine() -> str:
