@@ -66,11 +66,12 @@ def _median_ms(fn, calls: int = 3) -> float:
 
 
 def _torch_milliseconds():
-  """(input-gradient ms, training-pass ms, version) in PyTorch, or None."""
+  """PyTorch's milliseconds for the works `main` times (same keys), with
+  its version under 'version'; {} without PyTorch."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return None
+    return {}
   from torch_ref import models as torch_models  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(1)
   net = torch_models.MODELS['resnet18'](10)
@@ -100,9 +101,11 @@ def _torch_milliseconds():
     z = one.clone().requires_grad_(True)
     torch.autograd.grad(net(z)[0].logsumexp(1).sum(), z)
 
-  return (_median_ms(input_gradient), _median_ms(training_pass),
-          f'torch {torch.__version__}', _median_ms(forward_one, 9),
-          _median_ms(gradient_one, 9))
+  return {'version': f'torch {torch.__version__}',
+          'input gradient': _median_ms(input_gradient),
+          'training pass': _median_ms(training_pass),
+          'batch-1 forward': _median_ms(forward_one, 9),
+          'batch-1 input gradient': _median_ms(gradient_one, 9)}
 
 
 def main():
@@ -137,9 +140,12 @@ def main():
   forward_one = jax.jit(lambda z, v: model.apply(v, z, train=False).logits)
   gradient_one = jax.jit(jax.grad(lambda z, v: jnp.sum(jax.nn.logsumexp(
       model.apply(v, z, train=False).logits, axis=-1))))
-  one_ms = tuple(
-      _median_ms(lambda f=f: f(one, variables).block_until_ready(), 9)
-      for f in (forward_one, gradient_one))
+  jard_ms = {
+      'input gradient': wall_ms, 'training pass': train_ms,
+      'batch-1 forward': _median_ms(
+          lambda: forward_one(one, variables).block_until_ready(), 9),
+      'batch-1 input gradient': _median_ms(
+          lambda: gradient_one(one, variables).block_until_ready(), 9)}
   # The same gradient as PGD runs it: LOOP steps of a `fori_loop`, rolled
   # (a while loop, as jard's attacks) and unrolled; ms per gradient.
   def pgd(unroll):
@@ -179,22 +185,16 @@ def main():
       f'Wall time of one call: {wall_ms:.0f} ms; thunks: {total:.0f} ms.', '',
       f'**Convolutions: {conv:.0f} ms, {100 * conv / total:.1f}% of the '
       'thunk time.**', '',
-      (f'The same work in PyTorch ({torch_ms[2]}, one thread, '
-       '`benchmarks/torch_ref/models.py`): '
-       f'{torch_ms[0]:.0f} ms a call, so jard / PyTorch speed = '
-       f'{torch_ms[0] / wall_ms:.2f}.' if torch_ms else
-       'PyTorch is not installed: no comparison row.'), '',
-      (f'The training pass (parameter gradient, train-mode BatchNorm, same '
-       f'batch): jard {train_ms:.0f} ms, PyTorch {torch_ms[1]:.0f} ms, '
-       f'jard / PyTorch speed = {torch_ms[1] / train_ms:.2f}.' if torch_ms
-       else f'The training pass (parameter gradient): {train_ms:.0f} ms.'),
-      '',
-      (f'Batch 1 (forward; input gradient): jard {one_ms[0]:.1f} ms; '
-       f'{one_ms[1]:.1f} ms, PyTorch {torch_ms[3]:.1f} ms; {torch_ms[4]:.1f} '
-       f'ms, jard / PyTorch speed = {torch_ms[3] / one_ms[0]:.2f}; '
-       f'{torch_ms[4] / one_ms[1]:.2f}.' if torch_ms else
-       f'Batch 1 (forward; input gradient): {one_ms[0]:.1f}; '
-       f'{one_ms[1]:.1f} ms.'), '',
+      'Against PyTorch (' + torch_ms.get('version', 'not installed') +
+      ', one thread, `benchmarks/torch_ref/models.py`; the training pass is '
+      'the parameter gradient with train-mode BatchNorm on the same batch; '
+      'batch 1 is one image, what AutoAttack\'s later attacks run on):', '',
+      '| work | jard ms | PyTorch ms | jard / PyTorch speed |',
+      '|---|---|---|---|'] + [
+          f'| {work} | {ms:.1f} | '
+          + (f'{torch_ms[work]:.1f} | {torch_ms[work] / ms:.2f} |'
+             if work in torch_ms else '- | - |')
+          for work, ms in jard_ms.items()] + ['',
       f'Inside a `lax.fori_loop` of {LOOP} PGD steps: {loop_ms[False]:.0f} ms '
       f'per gradient rolled (a while loop, as jard\'s attacks run), '
       f'{loop_ms[True]:.0f} ms with `unroll=True`.', '',

@@ -185,8 +185,7 @@ def test_ard_attacks_the_student_in_train_mode():
   _, aux = method.loss(s_vars['params'], batch, keys, ctx(t_vars))
   c = ctx(t_vars)
   params = s_vars['params']
-  x_adv, stats = dist._train_mode_attack(params, batch['image'],  # pylint: disable=protected-access
-                                         batch['label'], keys, c, batch)
+  x_adv, stats = dist._train_mode_attack(params, batch, keys, c)  # pylint: disable=protected-access
   _, stats = c.apply(params, x_adv, train=True, batch_stats=stats)
   jax.tree.map(np.testing.assert_allclose, aux['batch_stats'], stats)
   # One outer forward alone would leave different statistics.

@@ -60,11 +60,12 @@ def smoothed_kl(target_logits, logits):
                  axis=-1)
 
 
-def _train_mode_attack(params, x, y, keys, ctx, batch):
+def _train_mode_attack(params, batch, keys, ctx):
   """PGD on CE_sum with the student in train mode (ARD, IAD); returns
-  `(x_adv, batch_stats)` after the attack's forward passes. `batch` gives
-  the SNR labels of a PNR budget."""
+  `(x_adv, batch_stats)` after the attack's forward passes. (`batch` also
+  carries the SNR labels of a PNR budget.)"""
   params = jax.lax.stop_gradient(params)
+  x, y = batch['image'], batch['label']
 
   def loss_fn(z, stats):
     outputs, stats = ctx.apply(params, z, train=True, batch_stats=stats)
@@ -122,7 +123,7 @@ def ard_loss(params, batch, keys, ctx):
   """ARD (Goldblum et al., AAAI 2020): module docstring."""
   x, y = batch['image'], batch['label']
   alpha, tau = ctx.hp.get('alpha', 1.0), ctx.hp.get('temperature', 30.0)
-  x_adv, stats = _train_mode_attack(params, x, y, keys, ctx, batch)
+  x_adv, stats = _train_mode_attack(params, batch, keys, ctx)
   student, stats = ctx.apply(params, x_adv, train=True, batch_stats=stats)
   student_clean = None
   if alpha < 1.0:  # the CE term needs the clean forward pass
@@ -139,7 +140,7 @@ def iad_loss(params, batch, keys, ctx):
   """IAD-I (Zhu et al., ICLR 2022): module docstring."""
   x, y = batch['image'], batch['label']
   hp = ctx.hp
-  x_adv, stats = _train_mode_attack(params, x, y, keys, ctx, batch)
+  x_adv, stats = _train_mode_attack(params, batch, keys, ctx)
   student, stats = ctx.apply(params, x_adv, train=True, batch_stats=stats)
   clean, stats = ctx.apply(params, x, train=True, batch_stats=stats)
   teacher = ctx.teachers[ROBUST]

@@ -139,10 +139,12 @@ def input_gradient(g, lhs_shape: Sequence[int], rhs, strides, padding,
 def _conv_bwd(strides, padding, rhs_dilation, groups, precision, residuals,
               g):
   lhs, rhs = residuals
-  _, kernel_vjp = jax.vjp(
+  # JAX's own kernel gradient; `linear_transpose` does not evaluate the
+  # forward convolution again (a `vjp` would, outside `jit`).
+  kernel_transpose = jax.linear_transpose(
       lambda k: _forward(lhs, k, strides, padding, rhs_dilation, groups,
                          precision), rhs)
-  (g_rhs,) = kernel_vjp(g)
+  (g_rhs,) = kernel_transpose(g)
   g_lhs = input_gradient(g, lhs.shape, rhs, strides, padding, rhs_dilation,
                          groups, precision)
   return g_lhs.astype(lhs.dtype), g_rhs
