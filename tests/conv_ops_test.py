@@ -5,8 +5,11 @@ convolution shape jard's models use (strides, symmetric and 'SAME'/'VALID'
 padding, dilation, grouped and depthwise), to first and second order; and
 inside a `fori_loop` XLA:CPU must compile it to as many YNNPACK fusions as a
 single gradient gets, which is what makes attack loops 3× faster on CPU.
+Small output maps run as a matrix product of patches instead; the same
+equalities hold on that path.
 """
 
+import functools
 import re
 
 import flax.linen as nn
@@ -29,6 +32,7 @@ _CASES = [
     (9, 3, 2, 'SAME', 1, 1, 3, 5),
     (8, 3, 1, 'VALID', 2, 1, 4, 6),
     (8, 3, 2, ((1, 1), (1, 1)), 1, 4, 4, 4),  # depthwise (MobileNetV2)
+    (9, 3, 1, 'SAME', 2, 4, 4, 8),  # depthwise, channel multiplier 2
     (8, 3, 1, ((1, 1), (1, 1)), 1, 2, 4, 6),  # grouped
     (7, 5, 3, ((2, 1), (0, 2)), 1, 1, 2, 3),  # asymmetric padding
 ]
@@ -44,31 +48,44 @@ def _convs(stride, padding, dilation, groups):
       conv_ops.conv_general_dilated)
 
 
+@pytest.fixture(params=['convolution', 'patches'])
+def path(request, monkeypatch):
+  """Forces one of conv_ops' two paths for ungrouped convolutions."""
+  monkeypatch.setattr(conv_ops, '_patches_are_faster',
+                      lambda batch, out_spatial: request.param == 'patches')
+  return request.param
+
+
 @pytest.mark.parametrize('case', _CASES, ids=[str(i) for i in range(len(_CASES))])
-def test_gradients_equal_jax_to_second_order(case):
+def test_gradients_equal_jax_to_second_order(case, path):
+  """In float64, so that the two summation orders agree to 1e-9: in float32
+  the curvature sums terms of size ~500 and differs by 4e-4."""
+  del path  # used for its monkeypatch
   height, k, stride, padding, dilation, groups, c_in, c_out = case
   reference, ours = _convs(stride, padding, dilation, groups)
-  x = jax.random.normal(jax.random.key(0), (2, height, height + 1, c_in))
-  w = jax.random.normal(jax.random.key(1), (k, k, c_in // groups, c_out))
-  weights = jax.random.normal(jax.random.key(2), reference(x, w).shape)
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (2, height, height + 1, c_in))
+    w = jax.random.normal(jax.random.key(1), (k, k, c_in // groups, c_out))
+    weights = jax.random.normal(jax.random.key(2), reference(x, w).shape)
+    assert x.dtype == w.dtype == jnp.float64
 
-  def objective(conv):
-    return lambda x, w: jnp.sum(jnp.tanh(conv(x, w)) * weights)
+    def objective(conv):
+      return lambda x, w: jnp.sum(jnp.tanh(conv(x, w)) * weights)
 
-  def curvature(conv):  # a loss of the input gradient, as CAM losses are
-    return lambda w: jnp.sum(jax.grad(objective(conv))(x, w) ** 2)
+    def curvature(conv):  # a loss of the input gradient, as CAM losses are
+      return lambda w: jnp.sum(jax.grad(objective(conv))(x, w) ** 2)
 
-  np.testing.assert_allclose(ours(x, w), reference(x, w), rtol=1e-5,
-                             atol=1e-5)
-  for got, want in zip(jax.grad(objective(ours), (0, 1))(x, w),
-                       jax.grad(objective(reference), (0, 1))(x, w)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(jax.grad(curvature(ours))(w),
-                             jax.grad(curvature(reference))(w), rtol=1e-4,
-                             atol=1e-4)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-9,
+                              atol=1e-9)
+    close(ours(x, w), reference(x, w))
+    for got, want in zip(jax.grad(objective(ours), (0, 1))(x, w),
+                         jax.grad(objective(reference), (0, 1))(x, w)):
+      close(got, want)
+    close(jax.grad(curvature(ours))(w), jax.grad(curvature(reference))(w))
 
 
-def test_jit_and_vmap_match_jax():
+def test_jit_and_vmap_match_jax(path):
+  del path
   reference, ours = _convs(2, ((1, 1), (1, 1)), 1, 1)
   x = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 4))
   w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
@@ -86,6 +103,46 @@ def test_other_layouts_fall_back_to_lax():
   grad = lambda fn: jax.grad(lambda x: jnp.sum(fn(x, w, *args, **kwargs) ** 2))
   np.testing.assert_array_equal(grad(conv_ops.conv_general_dilated)(x),
                                 grad(jax.lax.conv_general_dilated)(x))
+
+
+@pytest.mark.parametrize('batch, size, stride, patches', [
+    (32, 4, 1, True),    # ResNet-18 stage 4
+    (32, 8, 2, True),    # into stage 4
+    (1, 8, 1, True),     # stage 3, one image
+    (4, 4, 1, True),
+    (128, 4, 1, False),  # measured neutral at batch 128
+    (32, 8, 1, False),   # stage 3
+    (2, 8, 1, False),
+    (1, 16, 1, False),   # stage 2, one image
+    (1, 32, 1, False),
+])
+def test_small_output_maps_run_as_a_matrix_product(batch, size, stride,
+                                                   patches):
+  x = jnp.ones((batch, size, size, 8))
+  w = jnp.ones((3, 3, 8, 4))
+  conv = lambda x, w: conv_ops.conv_general_dilated(
+      x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_LAYOUT)
+  hlo = jax.jit(conv).lower(x, w).as_text()
+  assert ('dot_general' in hlo) == patches
+  assert ('convolution' in hlo) != patches
+  np.testing.assert_allclose(
+      conv(x, w), jax.lax.conv_general_dilated(
+          x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_LAYOUT),
+      rtol=1e-5)
+
+
+@pytest.mark.parametrize('c_in, groups, c_out, kind', [
+    (8, 8, 8, 'depthwise'), (8, 8, 16, 'depthwise'), (8, 2, 8, 'convolution'),
+    (8, 1, 8, 'convolution')])
+def test_depthwise_convolutions_run_as_a_sum_of_slices(c_in, groups, c_out,
+                                                       kind):
+  x = jnp.ones((2, 16, 16, c_in))
+  w = jnp.ones((3, 3, c_in // groups, c_out))
+  hlo = jax.jit(lambda x, w: conv_ops.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=_LAYOUT,
+      feature_group_count=groups)).lower(x, w).as_text()
+  assert ('convolution' in hlo) == (kind == 'convolution')
+  assert 'dot_general' not in hlo
 
 
 class _TwoConvs(nn.Module):

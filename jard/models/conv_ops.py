@@ -24,12 +24,39 @@ this path (every convolution of jard's models); anything else, and every
 backend other than CPU, where the rule was not measured, uses
 `lax.conv_general_dilated` as is.
 
+Small output maps take a second path: an ungrouped convolution whose output
+has at most 16 positions per image (ResNet-18's stage 4, 4×4) and at most 512
+in the whole batch (batch 32), or at most 64 in the whole batch (stage 3 at batch 1, as in AutoAttack's later attacks),
+runs as one matrix product over explicit patches (im2col),
+
+    out[b, p, o] = Σ_{w, i} x_pad[b, s·p + d·w, i] · K[w, i, o],
+
+with JAX's own gradients. At batch 1 XLA:CPU runs such convolutions on
+generic kernels, not YNNPACK; a ResNet-18 forward pass of one image gets
+2.7× faster and its input gradient 2.1×, and at batch 32 the forward pass
+1.13×, the gradient in a loop 1.05× and the training pass 1.04×; batch 128
+is neutral (0.95–1.01×) and keeps the convolution (one thread; `benchmarks/results/profile_step_cpu.md` has the comparison with
+PyTorch).
+
+Depthwise convolutions (one input channel per group, MobileNetV2's) always
+run as a sum of shifted, per-channel-scaled slices of the input,
+
+    out[b, p, g·m + j] = Σ_w x_pad[b, s·p + d·w, g] · K[w, 0, g·m + j],
+
+which XLA fuses into one loop. XLA:CPU's depthwise convolution is 10–60×
+slower than this at MobileNetV2's CIFAR shapes (batch 32, one thread:
+forward 243 against 8 ms at 32×32×96, the input gradient in a loop 622
+against 10 ms at 32×32×144 stride 2), and the sum matches PyTorch's time.
+Other grouped convolutions keep the convolution.
+
 Known cost: XLA does not hoist the kernel flip and transpose out of a loop
 (it never hoists a lone transpose or reverse), so each attack step copies
 every kernel once (about 44 MB for ResNet-18).
 """
 
 import functools
+import itertools
+import math
 from typing import Sequence
 
 import jax
@@ -75,8 +102,101 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     padding = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides,
                                   padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  out_spatial = _output_spatial(lhs.shape[1:-1], rhs.shape[:spatial],
+                                window_strides, padding, rhs_dilation)
+  if feature_group_count == lhs.shape[-1] and rhs.shape[-2] == 1:
+    return depthwise_by_shifts(lhs, rhs, tuple(window_strides), padding,
+                               rhs_dilation)
+  if feature_group_count == 1 and _patches_are_faster(lhs.shape[0],
+                                                      out_spatial):
+    return conv_by_patches(lhs, rhs, tuple(window_strides), padding,
+                           rhs_dilation, precision)
   return _conv(lhs, rhs, tuple(window_strides), padding, rhs_dilation,
                feature_group_count, precision)
+
+
+def _output_spatial(in_spatial, window, strides, padding, rhs_dilation):
+  return tuple(
+      max(0, (size + lo + hi - _dilated(k, d)) // s + 1)
+      for size, k, s, (lo, hi), d in zip(in_spatial, window, strides, padding,
+                                         rhs_dilation))
+
+
+def _patches_are_faster(batch: int, out_spatial: Sequence[int]) -> bool:
+  """Measured on XLA:CPU, jaxlib 0.10.2, one thread (see the module doc)."""
+  positions = math.prod(out_spatial)
+  # Batch 128 measured neutral (0.95–1.01×), so the 4×4 maps stop at 32.
+  return (positions <= 16 and batch * positions <= 512
+          or batch * positions <= 64)
+
+
+def _padded_windows(lhs, window, strides, padding, rhs_dilation):
+  """Yields the strided slice of the padded input under each window offset,
+  in row-major offset order; each is `[B, *out_spatial, C_in]`."""
+  # lax.pad, not jnp.pad: padding may be negative (a cropped 'VALID' edge).
+  x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+              ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in padding)
+              + ((0, 0, 0),))
+  out_spatial = _output_spatial(lhs.shape[1:-1], window, strides, padding,
+                                rhs_dilation)
+  for offset in itertools.product(*(range(k) for k in window)):
+    start = tuple(o * d for o, d in zip(offset, rhs_dilation))
+    limit = tuple(b + (n - 1) * s + 1
+                  for b, n, s in zip(start, out_spatial, strides))
+    yield offset, lax.slice(x, (0,) + start + (0,),
+                            (x.shape[0],) + limit + (x.shape[-1],),
+                            (1,) + tuple(strides) + (1,))
+
+
+def depthwise_by_shifts(lhs, rhs, strides, padding, rhs_dilation):
+  """A channels-last depthwise convolution as a sum of shifted slices.
+
+  Args:
+    lhs: `[B, *in_spatial, C]`.
+    rhs: `[*window, 1, C·m]` kernel (HWIO, `feature_group_count = C`, channel
+      multiplier m; output channel g·m + j reads input channel g).
+    strides, padding ((lo, hi) per spatial axis), rhs_dilation: as
+      `lax.conv_general_dilated`'s.
+
+  Returns:
+    `[B, *out_spatial, C·m]`, equal to `lax.conv_general_dilated` up to
+    float summation order; gradients are JAX's.
+  """
+  spatial = lhs.ndim - 2
+  multiplier = rhs.shape[-1] // lhs.shape[-1]
+  out = None
+  for offset, window in _padded_windows(lhs, rhs.shape[:spatial], strides,
+                                        padding, rhs_dilation):
+    if multiplier > 1:
+      window = jnp.repeat(window, multiplier, axis=-1)
+    term = window * rhs[offset + (0,)]
+    out = term if out is None else out + term
+  return out
+
+
+def conv_by_patches(lhs, rhs, strides, padding, rhs_dilation, precision=None):
+  """A channels-last, ungrouped convolution as one matrix product (im2col).
+
+  Args:
+    lhs: `[B, *in_spatial, C_in]`.
+    rhs: `[*window, C_in, C_out]` kernel (HWIO).
+    strides, padding ((lo, hi) per spatial axis), rhs_dilation: as
+      `lax.conv_general_dilated`'s.
+
+  Returns:
+    `[B, *out_spatial, C_out]`, equal to `lax.conv_general_dilated` up to
+    float summation order. Gradients are JAX's (slices, a concatenation and
+    a matrix product).
+  """
+  spatial = lhs.ndim - 2
+  # Window offsets in row-major order, channels innermost: the order of
+  # rhs.reshape(-1, C_out)'s rows.
+  columns = [window for _, window in _padded_windows(
+      lhs, rhs.shape[:spatial], strides, padding, rhs_dilation)]
+  patches = jnp.concatenate(columns, axis=-1)
+  out = jnp.dot(patches.reshape(-1, patches.shape[-1]),
+                rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+  return out.reshape(patches.shape[:-1] + (rhs.shape[-1],))
 
 
 def _forward(lhs, rhs, strides, padding, rhs_dilation, groups, precision):
