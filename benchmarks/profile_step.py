@@ -4,11 +4,12 @@ The attack gradient (eval-mode BatchNorm, CE loss, gradient w.r.t. the
 input) is what every PGD step of training and evaluation repeats. It is
 traced with `jax.profiler` on one pinned thread, and the XLA:CPU thunk times
 (read with xprof, a benchmarks-only dependency: `pip install xprof`) are
-grouped by op kind (convolution or other), network stage and direction, from
-each thunk's HLO metadata. The gradient inside a `lax.fori_loop` (rolled
-and unrolled) and the training pass (parameter gradient, train-mode
-BatchNorm) are timed too, and with PyTorch installed the same input gradient
-and training pass of `torch_ref`'s ResNet-18 (one thread). The table goes to
+grouped by op kind (convolution, matrix product or other), network stage and
+direction, from each thunk's HLO metadata; so is the training pass
+(parameter gradient, train-mode BatchNorm). The gradient inside a
+`lax.fori_loop` (rolled and unrolled) is timed too, and with PyTorch
+installed the same input gradient and training pass of `torch_ref`'s
+ResNet-18 (one thread). The table goes to
 `benchmarks/results/profile_step_cpu.md`.
 
     taskset -c 0 python benchmarks/profile_step.py
@@ -63,6 +64,42 @@ def _median_ms(fn, calls: int = 3) -> float:
     fn()
     times.append(1e3 * (time.perf_counter() - start))
   return sorted(times)[len(times) // 2]
+
+
+def _op_times(fn, *args) -> collections.Counter:
+  """Per-call thunk milliseconds of jitted `fn(*args)`, summed by (op kind,
+  network stage, direction), traced with `jax.profiler`."""
+  hlo = fn.lower(*args).compile().as_text()
+  # Thunk name -> the JAX op it came from (HLO metadata).
+  origin = dict(re.findall(r'%([\w.-]+) = \S+ \w[\w-]*\([^\n]*?op_name="([^"]+)"',
+                           hlo))
+  trace_dir = tempfile.mkdtemp()
+  jax.profiler.start_trace(trace_dir)
+  for _ in range(CALLS):
+    jax.block_until_ready(fn(*args))
+  jax.profiler.stop_trace()
+  groups = collections.Counter()
+  for name, ms in thunk_milliseconds(trace_dir).items():
+    op = origin.get(name, '?')
+    # conv_ops runs small output maps (stage 4) as matrix products.
+    kind = ('convolution' if 'conv_general_dilated' in op
+            else 'matrix product' if 'dot_general' in op else 'other')
+    stage = re.search(r'(stem|stage\d|head)', op)
+    direction = 'backward' if 'transpose' in op else 'forward'
+    groups[kind, stage.group(1) if stage else '-', direction] += ms
+  return groups
+
+
+def _op_table(groups: collections.Counter) -> list[str]:
+  """Markdown rows of the groups of at least 0.5% of the total."""
+  total = sum(groups.values())
+  lines = ['| op | stage | direction | ms | % |', '|---|---|---|---|---|']
+  for (kind, stage, direction), ms in sorted(groups.items(),
+                                             key=lambda kv: -kv[1]):
+    if ms >= 0.005 * total:
+      lines.append(f'| {kind} | {stage} | {direction} | {ms:.1f} | '
+                   f'{100 * ms / total:.1f} |')
+  return lines
 
 
 def _torch_milliseconds():
@@ -158,33 +195,20 @@ def main():
     fn = pgd(unroll)
     loop_ms[unroll] = _median_ms(
         lambda: fn(x, variables).block_until_ready()) / LOOP
-  hlo = grad.lower(x, variables).compile().as_text()
-  # Thunk name -> the JAX op it came from (HLO metadata).
-  origin = dict(re.findall(r'%([\w.-]+) = \S+ \w[\w-]*\([^\n]*?op_name="([^"]+)"',
-                           hlo))
   torch_ms = _torch_milliseconds()
-  trace_dir = tempfile.mkdtemp()
-  jax.profiler.start_trace(trace_dir)
-  for _ in range(CALLS):
-    grad(x, variables).block_until_ready()
-  jax.profiler.stop_trace()
-  groups = collections.Counter()
-  for name, ms in thunk_milliseconds(trace_dir).items():
-    op = origin.get(name, '?')
-    kind = 'convolution' if 'conv_general_dilated' in op else 'other'
-    stage = re.search(r'(stem|stage\d|head)', op)
-    direction = 'backward' if 'transpose' in op else 'forward'
-    groups[kind, stage.group(1) if stage else '-', direction] += ms
+  groups = _op_times(grad, x, variables)
+  train_groups = _op_times(train_grad, variables['params'])
   total = sum(groups.values())
-  conv = sum(v for k, v in groups.items() if k[0] == 'convolution')
+  conv = sum(v for k, v in groups.items()
+             if k[0] in ('convolution', 'matrix product'))
   lines = [
       '# Profile of a jard ResNet-18 forward+backward on CPU', '',
       f'jax {jax.__version__}, one pinned thread, batch {BATCH}, the input '
       'gradient of the CE loss with eval-mode BatchNorm (one PGD step), '
       f'XLA thunk times from `jax.profiler` per call (mean of {CALLS}). '
       f'Wall time of one call: {wall_ms:.0f} ms; thunks: {total:.0f} ms.', '',
-      f'**Convolutions: {conv:.0f} ms, {100 * conv / total:.1f}% of the '
-      'thunk time.**', '',
+      f'**Convolutions and matrix products: {conv:.0f} ms, '
+      f'{100 * conv / total:.1f}% of the thunk time.**', '',
       'Against PyTorch (' + torch_ms.get('version', 'not installed') +
       ', one thread, `benchmarks/torch_ref/models.py`; the training pass is '
       'the parameter gradient with train-mode BatchNorm on the same batch; '
@@ -198,12 +222,9 @@ def main():
       f'Inside a `lax.fori_loop` of {LOOP} PGD steps: {loop_ms[False]:.0f} ms '
       f'per gradient rolled (a while loop, as jard\'s attacks run), '
       f'{loop_ms[True]:.0f} ms with `unroll=True`.', '',
-      '| op | stage | direction | ms | % |', '|---|---|---|---|---|']
-  for (kind, stage, direction), ms in sorted(groups.items(),
-                                             key=lambda kv: -kv[1]):
-    if ms >= 0.005 * total:
-      lines.append(f'| {kind} | {stage} | {direction} | {ms:.1f} | '
-                   f'{100 * ms / total:.1f} |')
+      'The input gradient, by op:', ''] + _op_table(groups) + ['',
+      'The training pass, by op (thunks: '
+      f'{sum(train_groups.values()):.0f} ms):', ''] + _op_table(train_groups)
   text = '\n'.join(lines) + '\n'
   with open(os.path.join(HERE, 'results', 'profile_step_cpu.md'), 'w') as f:
     f.write(text)
