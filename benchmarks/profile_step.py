@@ -86,6 +86,12 @@ def _op_times(fn, *args) -> collections.Counter:
             else 'matrix product' if 'dot_general' in op else 'other')
     stage = re.search(r'(stem|stage\d|head)', op)
     direction = 'backward' if 'transpose' in op else 'forward'
+    if op == '?':
+      # XLA:CPU rewrites the parameter gradients' convolutions (batch and
+      # features swapped: a YNNPACK fusion fed by transposing copies of the
+      # activations and output gradients) and drops their metadata.
+      kind = 'convolution' if name.startswith('ynn_fusion') else 'other'
+      direction = 'no metadata (parameter gradient)'
     groups[kind, stage.group(1) if stage else '-', direction] += ms
   return groups
 
