@@ -26,8 +26,9 @@ backend other than CPU, where the rule was not measured, uses
 
 Small output maps take a second path: an ungrouped convolution whose output
 has at most 16 positions per image (ResNet-18's stage 4, 4×4) and at most 512
-in the whole batch (batch 32), or at most 64 in the whole batch (stage 3 at batch 1, as in AutoAttack's later attacks),
-runs as one matrix product over explicit patches (im2col),
+in the whole batch (batch 32), or at most 64 in the whole batch (stages 3–4
+at batch 1, as in AutoAttack's later attacks), runs as one matrix product
+over explicit patches (im2col),
 
     out[b, p, o] = Σ_{w, i} x_pad[b, s·p + d·w, i] · K[w, i, o],
 
@@ -35,8 +36,8 @@ with JAX's own gradients. At batch 1 XLA:CPU runs such convolutions on
 generic kernels, not YNNPACK; a ResNet-18 forward pass of one image gets
 2.7× faster and its input gradient 2.1×, and at batch 32 the forward pass
 1.13×, the gradient in a loop 1.05× and the training pass 1.04×; batch 128
-is neutral (0.95–1.01×) and keeps the convolution (one thread; `benchmarks/results/profile_step_cpu.md` has the comparison with
-PyTorch).
+is neutral (0.95–1.01×) and keeps the convolution (one thread, same-process
+comparisons; `benchmarks/results/profile_step_cpu.md`).
 
 Depthwise convolutions (one input channel per group, MobileNetV2's) always
 run as a sum of shifted, per-channel-scaled slices of the input,
