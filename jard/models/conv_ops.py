@@ -25,19 +25,19 @@ backend other than CPU, where the rule was not measured, uses
 `lax.conv_general_dilated` as is.
 
 Small output maps take a second path: an ungrouped convolution whose output
-has at most 16 positions per image (ResNet-18's stage 4, 4×4) and at most 512
-in the whole batch (batch 32), or at most 64 in the whole batch (stages 3–4
-at batch 1, as in AutoAttack's later attacks), runs as one matrix product
-over explicit patches (im2col),
+has at most 16 positions per image (ResNet-18's stage 4, 4×4) runs as one
+matrix product over explicit patches (im2col),
 
     out[b, p, o] = Σ_{w, i} x_pad[b, s·p + d·w, i] · K[w, i, o],
 
 with JAX's own gradients. At batch 1 XLA:CPU runs such convolutions on
-generic kernels, not YNNPACK; a ResNet-18 forward pass of one image gets
-2.7× faster and its input gradient 2.1×, and at batch 32 the forward pass
-1.13×, the gradient in a loop 1.05× and the training pass 1.04×; batch 128
-is neutral (0.95–1.01×) and keeps the convolution (one thread, same-process
-comparisons; `benchmarks/results/profile_step_cpu.md`).
+generic kernels, not YNNPACK (a 4×4×512 convolution: 6.2 ms against 1.8 ms
+as patches); at batch 32 a ResNet-18 forward pass gets 1.13× faster, the
+gradient in a loop 1.05× and the training pass 1.04×, and batch 128 is
+neutral (0.95–1.01×; one thread, same-process comparisons,
+`benchmarks/results/profile_step_cpu.md`). The rule depends on the map, not
+on the batch, so that a step sharded over any number of devices takes the
+same path for every convolution.
 
 Depthwise convolutions (one input channel per group, MobileNetV2's) always
 run as a sum of shifted, per-channel-scaled slices of the input,
@@ -125,10 +125,8 @@ def _output_spatial(in_spatial, window, strides, padding, rhs_dilation):
 
 def _patches_are_faster(batch: int, out_spatial: Sequence[int]) -> bool:
   """Measured on XLA:CPU, jaxlib 0.10.2, one thread (see the module doc)."""
-  positions = math.prod(out_spatial)
-  # Batch 128 measured neutral (0.95–1.01×), so the 4×4 maps stop at 32.
-  return (positions <= 16 and batch * positions <= 512
-          or batch * positions <= 64)
+  del batch  # the path must not depend on how a batch is sharded
+  return math.prod(out_spatial) <= 16
 
 
 def _padded_windows(lhs, window, strides, padding, rhs_dilation):
