@@ -103,13 +103,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     padding = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides,
                                   padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  out_spatial = _output_spatial(lhs.shape[1:-1], rhs.shape[:spatial],
-                                window_strides, padding, rhs_dilation)
   if feature_group_count == lhs.shape[-1] and rhs.shape[-2] == 1:
     return depthwise_by_shifts(lhs, rhs, tuple(window_strides), padding,
                                rhs_dilation)
-  if feature_group_count == 1 and _patches_are_faster(lhs.shape[0],
-                                                      out_spatial):
+  if feature_group_count == 1 and _patches_are_faster(_output_spatial(
+      lhs.shape[1:-1], rhs.shape[:spatial], window_strides, padding,
+      rhs_dilation)):
     return conv_by_patches(lhs, rhs, tuple(window_strides), padding,
                            rhs_dilation, precision)
   return _conv(lhs, rhs, tuple(window_strides), padding, rhs_dilation,
@@ -123,9 +122,11 @@ def _output_spatial(in_spatial, window, strides, padding, rhs_dilation):
                                          rhs_dilation))
 
 
-def _patches_are_faster(batch: int, out_spatial: Sequence[int]) -> bool:
-  """Measured on XLA:CPU, jaxlib 0.10.2, one thread (see the module doc)."""
-  del batch  # the path must not depend on how a batch is sharded
+def _patches_are_faster(out_spatial: Sequence[int]) -> bool:
+  """Measured on XLA:CPU, jaxlib 0.10.2, one thread (see the module doc).
+
+  Not a function of the batch: a step sharded over any number of devices
+  must take the same path."""
   return math.prod(out_spatial) <= 16
 
 
