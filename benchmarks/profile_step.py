@@ -27,6 +27,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_cpu_multi_thread_eigen=false'
                            ' intra_op_parallelism_threads=1')
 
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -151,7 +152,10 @@ def _torch_milliseconds():
           'batch-1 input gradient': _median_ms(gradient_one, 9)}
 
 
-def main():
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}; this script '
+                         'takes none (see --help)')
   model = models.create_model('resnet18', 10)
   variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
   x = jax.random.uniform(jax.random.key(1), (BATCH, 32, 32, 3))
@@ -238,4 +242,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)
