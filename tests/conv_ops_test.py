@@ -102,6 +102,41 @@ def test_gradients_equal_jax_to_second_order(case, path):
     close(jax.grad(curvature(ours))(w), jax.grad(curvature(reference))(w))
 
 
+@pytest.mark.parametrize('case', [_CASES[1], _CASES[5], _CASES[9]],
+                         ids=['stride2', 'same', 'grouped'])
+def test_kernel_gradient_in_chunks_equals_jax_to_second_order(case):
+  """19 examples: the kernel gradient sums chunks of 8, 8 and 3."""
+  height, k, stride, padding, dilation, groups, c_in, c_out = case
+  reference, ours = _convs(stride, padding, dilation, groups)
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (19, height, height + 1, c_in))
+    w = jax.random.normal(jax.random.key(1), (k, k, c_in // groups, c_out))
+    weights = jax.random.normal(jax.random.key(2), reference(x, w).shape)
+    objective = lambda conv: lambda w: jnp.sum(jnp.tanh(conv(x, w)) * weights)
+    curvature = lambda conv: lambda w: jnp.sum(jax.grad(objective(conv))(w)
+                                               ** 2)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-9,
+                              atol=1e-9)
+    close(jax.grad(objective(ours))(w), jax.grad(objective(reference))(w))
+    close(jax.grad(curvature(ours))(w), jax.grad(curvature(reference))(w))
+
+
+def test_kernel_gradient_runs_one_convolution_per_chunk():
+  _, ours = _convs(1, ((1, 1), (1, 1)), 1, 1)
+  w = jnp.ones((3, 3, 4, 6))
+
+  def convolutions(batch):
+    x = jnp.ones((batch, 8, 8, 4))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(ours(x, w))))(w)
+    return str(jaxpr).count('conv_general_dilated')
+
+  assert conv_ops.KERNEL_GRADIENT_CHUNK == 8
+  # Batch 8: forward, kernel gradient, input gradient; each 8 more examples
+  # add one kernel-gradient convolution.
+  assert convolutions(19) - convolutions(8) == 2
+  assert convolutions(1) == convolutions(8)
+
+
 def test_jit_and_vmap_match_jax(path):
   del path
   reference, ours = _convs(2, ((1, 1), (1, 1)), 1, 1)
