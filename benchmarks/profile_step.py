@@ -19,21 +19,16 @@ import collections
 import glob
 import os
 import re
-import sys
 import tempfile
 import time
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_cpu_multi_thread_eigen=false'
-                           ' intra_op_parallelism_threads=1')
+import single_thread  # first: it sets XLA_FLAGS before jax is imported
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)  # torch_ref
+HERE = single_thread.HERE
 from jard import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BATCH = 32

@@ -11,12 +11,9 @@ writes `benchmarks/results/step_parts_cpu.md`.
 """
 
 import os
-import sys
 import time
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_cpu_multi_thread_eigen=false'
-                           ' intra_op_parallelism_threads=1')
+import single_thread  # first: it sets XLA_FLAGS before jax is imported
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -25,9 +22,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)  # torch_ref
+HERE = single_thread.HERE
 from jard import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from torch_ref import models as torch_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
