@@ -19,10 +19,10 @@ rule (`lhs_dilation = strides`). It is the same sum of the same products, so
 the values match JAX's rule up to float summation order; the kernel gradient
 is JAX's own, summed over chunks of examples (below). Reverse-mode
 derivatives of any order work (the backward rule is itself differentiable);
-forward mode (`jax.jvp`) does not, as with any `custom_vjp`. Only channels-last convolutions without input dilation take
-this path (every convolution of jard's models); anything else, and every
-backend other than CPU, where the rule was not measured, uses
-`lax.conv_general_dilated` as is.
+forward mode (`jax.jvp`) does not, as with any `custom_vjp`. Only
+channels-last convolutions without input dilation take this path (every
+convolution of jard's models); anything else, and every backend other than
+CPU, where the rule was not measured, uses `lax.conv_general_dilated` as is.
 
 Small output maps take a second path: an ungrouped convolution whose output
 has at most 16 positions per image (ResNet-18's stage 4, 4×4) runs as one
