@@ -14,14 +14,12 @@ The table goes to `benchmarks/results/small_batches_cpu.md`.
 """
 
 import os
-import time
 
 import single_thread  # first: it sets XLA_FLAGS before jax is imported
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HERE = single_thread.HERE
@@ -30,12 +28,6 @@ from torch_ref import models as torch_models  # pylint: disable=g-import-not-at-
 
 SIZES = (1, 2, 4, 5, 8)
 CALLS = 9
-
-
-def _ms(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return 1e3 * (time.perf_counter() - start)
 
 
 def main(argv):
@@ -67,16 +59,9 @@ def main(argv):
         ('input gradient', 'jard'):
             lambda: gradient(x, variables).block_until_ready(),
         ('input gradient', 'torch'): lambda: torch_gradient(xt)}
-    times = {k: [] for k in works}
-    for fn in works.values():
-      fn()  # compile / warm up
-    for _ in range(CALLS):  # interleaved, so drifts hit both sides alike
-      for k, fn in works.items():
-        times[k].append(_ms(fn))
+    ms = single_thread.interleaved_medians(works, CALLS)
     for work in ('forward', 'input gradient'):
-      jard_ms = float(np.median(times[(work, 'jard')]))
-      torch_ms = float(np.median(times[(work, 'torch')]))
-      rows.append((work, size, jard_ms, torch_ms))
+      rows.append((work, size, ms[(work, 'jard')], ms[(work, 'torch')]))
       print(rows[-1], flush=True)
   by = {(w, s): (j, t) for w, s, j, t in rows}
   lines = [

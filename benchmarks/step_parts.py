@@ -11,7 +11,6 @@ writes `benchmarks/results/step_parts_cpu.md`.
 """
 
 import os
-import time
 
 import single_thread  # first: it sets XLA_FLAGS before jax is imported
 
@@ -19,7 +18,6 @@ from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-positio
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HERE = single_thread.HERE
@@ -89,18 +87,10 @@ def main(argv):
                            ('torch', _torch_works(batch))):
     for work, fn in side_works.items():
       works[(work, side)] = fn
-  for fn in works.values():
-    fn()  # compile / warm up
-  times = {k: [] for k in works}
-  for _ in range(CALLS):  # interleaved, so drifts hit both sides alike
-    for k, fn in works.items():
-      start = time.perf_counter()
-      fn()
-      times[k].append(1e3 * (time.perf_counter() - start))
+  ms = single_thread.interleaved_medians(works, CALLS)
   rows = []
   for work in WORKS:
-    jard_ms = float(np.median(times[(work, 'jard')]))
-    torch_ms = float(np.median(times[(work, 'torch')]))
+    jard_ms, torch_ms = ms[(work, 'jard')], ms[(work, 'torch')]
     rows.append(f'| {work} | {batch} | {jard_ms:.0f} | {torch_ms:.0f} | '
                 f'{torch_ms / jard_ms:.2f} |')
   text = '\n'.join([
