@@ -1,7 +1,9 @@
 """Imported first by the one-thread CPU benchmarks, before jax.
 
 Pins XLA:CPU to one thread (set before jax initialises its backend) and puts
-the repository and `benchmarks/` (for `torch_ref`) on the import path.
+the repository and `benchmarks/` (for `torch_ref`) on the import path; and
+`interleaved_medians`, the same-process timing the jard-against-PyTorch
+comparisons use.
 """
 
 import os
